@@ -1,0 +1,137 @@
+"""From sources to model inputs: transformed frame streams and in-memory training windows.
+
+Detection streams frames (:func:`iter_frames`) so memory stays bounded; training materialises the resized
+training videos once (:func:`load_video_frames`, float16) and cuts windows from them (:class:`WindowDataset`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from oddframe.data.augment import ClipAugment
+from oddframe.data.clips import Clip, window_starts
+from oddframe.data.sources import FrameSource
+from oddframe.data.transforms import FrameTransform
+
+
+@dataclass
+class TransformedFrame:
+    """One frame ready for a model.
+
+    Attributes:
+        index: frame number in its source.
+        time: timestamp in seconds, or None.
+        data: ``(C, H, W)`` float32 in ``[-1, 1]``.
+        valid: ``(H, W)`` bool.
+        raw: the untransformed frame data ``(H0, W0)`` or ``(H0, W0, C)``, kept only when asked for.
+    """
+
+    index: int
+    time: float | None
+    data: np.ndarray
+    valid: np.ndarray
+    raw: np.ndarray | None = None
+
+
+def iter_frames(
+    source: FrameSource,
+    transform: FrameTransform,
+    *,
+    sample_interval: int = 1,
+    sample_interval_sec: float | None = None,
+    keep_raw: bool = False,
+) -> Iterator[TransformedFrame]:
+    """Stream the frames of ``source`` through ``transform``, keeping every ``sample_interval``-th frame or
+    frames at least ``sample_interval_sec`` seconds apart (greedy, from the first frame)."""
+    last_time: float | None = None
+    for i, frame in enumerate(source):
+        if sample_interval_sec is not None:
+            if frame.time is None:
+                raise ValueError(f"{source.path}: frame {frame.index} has no timestamp; use data.sample_interval")
+            if last_time is not None and frame.time - last_time < sample_interval_sec * (1 - 1e-3):
+                continue
+            last_time = frame.time
+        elif i % sample_interval:
+            continue
+        data, valid = transform(frame)
+        yield TransformedFrame(frame.index, frame.time, data, valid, frame.data if keep_raw else None)
+
+
+@dataclass
+class VideoFrames:
+    """A whole (resized) video in memory, for training.
+
+    Attributes:
+        name: video name.
+        frames: ``(N, C, H, W)`` float16 in ``[-1, 1]``.
+        valid: ``(N, H, W)`` bool.
+        index: ``(N,)`` int64 frame numbers in the source.
+    """
+
+    name: str
+    frames: torch.Tensor
+    valid: torch.Tensor
+    index: torch.Tensor
+
+
+def load_video_frames(
+    name: str,
+    source: FrameSource,
+    transform: FrameTransform,
+    *,
+    sample_interval: int = 1,
+    sample_interval_sec: float | None = None,
+) -> VideoFrames:
+    """Decode, transform and stack all frames of ``source`` (float16 to halve memory)."""
+    items = list(iter_frames(source, transform, sample_interval=sample_interval, sample_interval_sec=sample_interval_sec))
+    if not items:
+        raise ValueError(f"{source.path}: no frames")
+    frames = torch.from_numpy(np.stack([f.data for f in items])).to(torch.float16)
+    valid = torch.from_numpy(np.stack([f.valid for f in items]))
+    index = torch.as_tensor([f.index for f in items], dtype=torch.long)
+    return VideoFrames(name, frames, valid, index)
+
+
+class WindowDataset(Dataset):
+    """Windows of ``clip_length`` frames every ``stride`` frames over in-memory videos.
+
+    Each item is a :class:`Clip` with frames ``(C, T, H, W)`` float32; videos shorter than a window give one
+    clip that the collate function pads (padded frames are invalid).
+    """
+
+    def __init__(
+        self,
+        videos: Sequence[VideoFrames],
+        *,
+        clip_length: int,
+        stride: int,
+        augment: ClipAugment | None = None,
+    ) -> None:
+        self.videos = list(videos)
+        self.clip_length = clip_length
+        self.augment = augment
+        self.items = [
+            (v, s) for v, video in enumerate(self.videos) for s in window_starts(len(video.frames), clip_length, stride)
+        ]
+        if not self.items:
+            raise ValueError("no training windows: the training videos have no frames")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Clip:
+        v, s = self.items[i]
+        video = self.videos[v]
+        sl = slice(s, s + self.clip_length)
+        clip = Clip(
+            frames=video.frames[sl].float().permute(1, 0, 2, 3),  # (T, C, H, W) -> (C, T, H, W)
+            valid=video.valid[sl].unsqueeze(0),
+            video=video.name,
+            frame_index=video.index[sl],
+        )
+        return self.augment(clip) if self.augment is not None else clip
