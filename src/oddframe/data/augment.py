@@ -16,6 +16,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.data
 from einops import rearrange
 
 from oddframe.data.clips import Clip
@@ -115,9 +116,11 @@ class ClipAugment:
         vflip: probability of a top-bottom flip.
         brightness: the offset is drawn uniformly from ``[-brightness, brightness]`` (0 to 2, the width of
             the ``[-1, 1]`` range), added to valid pixels and clamped to ``[-1, 1]``.
-        seed: seed of a private random generator, for reproducible augmentation. With ``None`` the draws come
-            from torch's global generator, which a ``DataLoader`` seeds differently in every worker; a fixed
-            seed gives every worker the same sequence of draws.
+        seed: seed of a private random generator, for reproducible augmentation in the main process. With
+            ``None``, and always inside ``DataLoader`` workers, the draws come from torch's global generator,
+            which the ``DataLoader`` seeds differently for every worker and every epoch (reproducibly when the
+            main process is seeded). A private generator copied into each worker would give every worker, and
+            every epoch, the same sequence of draws.
     """
 
     def __init__(
@@ -152,7 +155,8 @@ class ClipAugment:
         )
 
     def _uniform(self) -> float:
-        return float(torch.rand((), generator=self._generator))
+        in_worker = torch.utils.data.get_worker_info() is not None
+        return float(torch.rand((), generator=None if in_worker else self._generator))
 
     def sample_params(self) -> dict[str, float | bool]:
         """Draw one set of parameters: ``hflip``, ``vflip`` (bool), ``angle_deg`` and ``offset`` (float)."""

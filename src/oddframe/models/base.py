@@ -1,0 +1,61 @@
+"""The contract every oddframe model meets.
+
+A model is an ``nn.Module`` that takes a :class:`~oddframe.data.clips.Batch` (clips ``(B, C, T, H, W)`` in
+``[-1, 1]`` and a boolean ``valid`` mask ``(B, 1, T, H, W)``) and offers:
+
+- ``training_loss(batch) -> Tensor``: a scalar to minimise on normal data;
+- ``anomaly_map(batch) -> Tensor``: ``(B, T, H, W)``, higher is more anomalous, finite at every valid pixel.
+
+The trainer, detector, evaluator and CLI see nothing else. Frame scores come from maps in
+:mod:`oddframe.scoring`, so every scoring rule works with every model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from oddframe.data.clips import Batch
+
+
+class AnomalyModel(nn.Module, ABC):
+    """Base class of registered models.
+
+    Class attributes describe the input a model expects so that data loading can be set up from the model:
+    ``clip_length`` frames of ``image_size`` (H, W) with ``in_channels`` channels. Every model takes these three as
+    keyword-only constructor arguments (the config fills them from its data section) and stores them as attributes.
+    """
+
+    model_name: ClassVar[str]
+    #: The map is |error| ** map_power: 2 for squared reconstruction error, 1 for absolute error. Scoring rules
+    #: (MSE, L1, PSNR) and the 0-1 "loss" scale of the video boxes use it to convert maps consistently.
+    map_power: ClassVar[int] = 2
+    in_channels: int
+    clip_length: int
+    image_size: tuple[int, int]
+
+    @abstractmethod
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        """Scalar loss on a batch of normal clips."""
+
+    @abstractmethod
+    def anomaly_map(self, batch: Batch) -> torch.Tensor:
+        """Per-pixel anomaly map ``(B, T, H, W)``; higher is more anomalous."""
+
+    def reconstruct(self, batch: Batch) -> torch.Tensor | None:
+        """What the model expected to see, ``(B, C, T, H, W)`` in ``[-1, 1]``, for display; None if it has no such notion."""
+        return None
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over the pixels where ``valid`` is True (broadcast to ``x``); 0 if none are valid.
+
+    Args:
+        x: any shape, e.g. ``(B, C, T, H, W)``.
+        valid: boolean, broadcastable to ``x``.
+    """
+    w = valid.to(x.dtype).expand_as(x)
+    return (x * w).sum() / w.sum().clamp_min(1.0)
