@@ -1,0 +1,61 @@
+"""End-to-end detection speed: decode -> transform -> model -> scores, with where the time goes.
+
+Usage: python benchmarks/detect_speed.py RUN INPUT [--set score.stride=16] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from oddframe.config import config_from_dict
+from oddframe.data.layouts import open_input
+from oddframe.detect import detector_for, stream_video
+from oddframe.runs import load_run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("run")
+    p.add_argument("input")
+    p.add_argument("--set", action="append", default=[], dest="overrides")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--max-frames", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, config = load_run(args.run)
+    config = config_from_dict(config.to_dict(), args.overrides)
+    dataset = open_input(args.input)
+    videos = dataset.test or dataset.train
+    detector = detector_for(model, config)
+    t0 = time.perf_counter()
+    n = 0
+    for v in videos:
+        for _ in stream_video(detector, v, config):
+            n += 1
+            if args.max_frames and n >= args.max_frames:
+                break
+        if args.max_frames and n >= args.max_frames:
+            break
+    wall = time.perf_counter() - t0
+    t = detector.timing.as_dict()
+    table = Table(title=f"detection speed: {config.model.name} on {args.input}")
+    for col in ("frames", "wall s", "fps (wall)", "decode s", "model s", "scoring s", "clip", "size", "stride"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(n), f"{wall:.1f}", f"{n / wall:.1f}", f"{t['decode_s']:.1f}", f"{t['model_s']:.1f}", f"{t['scoring_s']:.1f}",
+        str(config.data.clip_length), "x".join(map(str, config.data.size)), str(config.score.stride or config.data.clip_length),
+    )
+    Console().print(table)
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"device {detector.device}, torch {torch.__version__}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""The ``oddframe`` command line: one subcommand per user task.
+
+Each command parses its arguments, loads the config and calls the library; there is no logic here. Errors
+oddframe raises on purpose (:class:`~oddframe.errors.OddframeError`) are printed as one clear line and exit with
+status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from oddframe.errors import OddframeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find what is unusual in video and image sequences without labelled anomalies.",
+)
+console = Console(stderr=True)
+out_console = Console()
+
+SET_HELP = "Override a config value, e.g. --set train.epochs=5 (repeatable)."
+
+
+def _friendly(fn: Callable) -> Callable:
+    """Turn oddframe errors and bad values into one readable line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OddframeError as exc:
+            console.print(f"error: {exc}", style="bold red", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+        except (ValueError, FileNotFoundError) as exc:
+            console.print(f"error: {exc}", style="bold red", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _metrics_table(metrics: dict, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if isinstance(value, (dict, list)):
+            continue
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return table
+
+
+@app.command()
+@_friendly
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write the dataset to (generic layout)."),
+    anomaly: str = typer.Option("zeroed", help="Kind of test anomaly: zeroed, object, jump, appearance, frozen."),
+    n_train: int = typer.Option(64, help="Normal training sequences."),
+    n_test: int = typer.Option(16, help="Test sequences."),
+    length: int = typer.Option(4, help="Frames per sequence."),
+    size: int = typer.Option(64, help="Frame size in pixels (square)."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same data)."),
+    anomaly_fraction: float = typer.Option(1.0, help="Share of test sequences that contain an anomaly."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty OUT."),
+) -> None:
+    """Write synthetic sequences with known anomalies (frame labels and pixel masks) in the generic layout."""
+    from oddframe.data.synthetic import write_synthetic_dataset
+
+    summary = write_synthetic_dataset(
+        out, n_train=n_train, n_test=n_test, length=length, size=size, anomaly=anomaly, seed=seed,
+        anomaly_fraction=anomaly_fraction, overwrite=overwrite,
+    )
+    out_console.print(f"wrote {out}")
+    out_console.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
+@_friendly
+def inspect(
+    path: Path = typer.Argument(..., help="A dataset folder, a video, an image folder, FITS files or an array."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show what oddframe reads at PATH: layout or source type, videos, frames, labels, masks, problems."""
+    from oddframe.data.inspect import format_inspect, inspect_path
+
+    info = inspect_path(path)
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+    else:
+        out_console.print(format_inspect(info))
+
+
+@app.command()
+@_friendly
+def models() -> None:
+    """List the registered models with a one-line description and their parameters."""
+    import inspect as _inspect
+
+    from oddframe.registry import describe, list_models, model_params
+
+    table = Table(title="oddframe models")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    table.add_column("parameters (defaults)")
+    for name in list_models():
+        params = ", ".join(
+            f"{k}={v!r}" if v is not _inspect.Parameter.empty else k for k, v in model_params(name).items()
+        )
+        table.add_row(name, describe(name), params)
+    out_console.print(table)
+
+
+@app.command()
+@_friendly
+def train(
+    config: Path = typer.Argument(..., help="YAML config (data, model, train, score, render sections)."),
+    out: Path = typer.Option(..., "--out", help="Run folder to write."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last completed epoch."),
+    devices: Optional[int] = typer.Option(None, help="Devices (GPUs) to train on (Fabric DDP when > 1)."),
+    num_nodes: Optional[int] = typer.Option(None, help="Nodes to train on."),
+    precision: Optional[str] = typer.Option(None, help="Fabric precision, e.g. 32-true, bf16-mixed, 16-mixed."),
+    calibrate_after: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Set the threshold after training."),
+) -> None:
+    """Train a model on normal footage."""
+    from oddframe import api
+
+    overrides = list(set_ or [])
+    overrides += [f"train.{k}={v}" for k, v in (("devices", devices), ("num_nodes", num_nodes), ("precision", precision)) if v]
+    cfg = api.load_config(config, overrides)
+    result = api.train(cfg, out, resume=resume)
+    out_console.print(
+        f"trained {cfg.model.name} for {result.epochs} epochs in {result.seconds:.1f} s "
+        f"({result.train_frames_per_second:.0f} frames/s), final loss {result.final_loss:.5g}; run in {out}"
+    )
+    if calibrate_after:
+        cal = api.calibrate(out)
+        out_console.print(
+            f"threshold {cal['threshold']:.5g} ({cal['method']}); false-positive rate on held-out normal frames "
+            f"{cal['heldout_fpr']:.3f}"
+        )
+
+
+@app.command()
+@_friendly
+def calibrate(
+    run: Path = typer.Argument(..., help="Run folder."),
+    data: Optional[Path] = typer.Option(None, help="Normal data (default: the run's data.path)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Set the alarm threshold of a run from scores of normal frames."""
+    from oddframe import api
+
+    cal = api.calibrate(run, data=data, overrides=list(set_ or []))
+    out_console.print_json(json.dumps(cal))
+
+
+@app.command()
+@_friendly
+def detect(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="Any source or dataset oddframe reads."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder of a trained model."),
+    out: Path = typer.Option(..., "--out", help="Folder for scores.csv (and maps)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    maps: bool = typer.Option(False, "--maps", help="Also write the anomaly maps (maps/<video>.npy)."),
+    video: Optional[Path] = typer.Option(None, "--video", help="Write an MP4: frame | anomaly heatmap with boxes."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, mps (default: the best present)."),
+) -> None:
+    """Score every frame (and pixel) of new footage with a trained model."""
+    from oddframe import api
+
+    s = api.detect(checkpoint, input_path, out, overrides=list(set_ or []), maps=maps, video=video, device=device)
+    t = s.timing
+    out_console.print(
+        f"scored {s.n_frames} frames of {s.n_videos} video(s) at {t['fps']:.1f} frames/s "
+        f"(decode {t['decode_s']:.1f} s, model {t['model_s']:.1f} s, scoring {t['scoring_s']:.1f} s); "
+        f"scores in {out / 'scores.csv'}"
+    )
+
+
+@app.command(name="eval")
+@_friendly
+def eval_(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder of a trained model."),
+    data: Path = typer.Option(..., "--data", help="Labelled dataset; its test split is scored."),
+    out: Path = typer.Option(..., "--out", help="Folder for metrics.json, scores.csv, plots and report.html."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    video: bool = typer.Option(False, "--video", help="Also write anomaly.mp4 of the test videos."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, mps (default: the best present)."),
+) -> None:
+    """Measure a trained model against ground truth (frame AUROC micro/macro, AP, EER, pixel AUROC)."""
+    from oddframe import api
+
+    metrics = api.evaluate(checkpoint, data, out, overrides=list(set_ or []), video=video, device=device)
+    if as_json:
+        sys.stdout.write(json.dumps(metrics, indent=2, default=str) + "\n")
+    else:
+        out_console.print(_metrics_table(metrics, f"evaluation of {checkpoint}"))
+        out_console.print(f"report: {out / 'report.html'}")
+
+
+@app.command()
+@_friendly
+def report(folder: Path = typer.Argument(..., help="An evaluation folder (from oddframe eval or the demo).")) -> None:
+    """Write (or rewrite) the offline HTML report of an evaluation folder."""
+    from oddframe.render.report import write_report
+
+    out_console.print(f"report: {write_report(folder)}")
+
+
+@app.command()
+@_friendly
+def demo(
+    out: Path = typer.Option(Path("oddframe-demo"), "--out", help="Folder for the demo's data, run and report."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (default: the demo config's)."),
+    n_train: Optional[int] = typer.Option(None, help="Synthetic training sequences."),
+    n_test: Optional[int] = typer.Option(None, help="Synthetic test sequences."),
+) -> None:
+    """Train conv3d_ae on synthetic sequences, find the corrupted frames, and write a report."""
+    from oddframe.demo import run_demo
+
+    result = run_demo(out, epochs=epochs, n_train=n_train, n_test=n_test)
+    out_console.print(_metrics_table(result["metrics"], "demo: synthetic sequences, 3rd frame zeroed"))
+    out_console.print(f"[bold green]report:[/] {result['report']}")
+
+
+@app.command()
+@_friendly
+def prep(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="Video, frames, FITS, tar, array or dataset."),
+    out: Path = typer.Option(..., "--out", help="Prepared folder to write (resumed if it holds an earlier prep)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config; its data section sets size, clips."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    movie_only: bool = typer.Option(False, "--movie-only", help="Write only movie.mp4 of the raw input."),
+    exposure: bool = typer.Option(True, "--exposure/--no-exposure", help="Divide FITS images by EXPTIME."),
+    max_invalid: float = typer.Option(0.5, help="Skip frames with a larger share of invalid (NaN) pixels."),
+    movie_fps: float = typer.Option(10.0, help="Frame rate of movie.mp4."),
+) -> None:
+    """Turn raw input into clips ready for training (with index.csv, prep.json) and a movie of it."""
+    from oddframe.config import load_config
+    from oddframe.data.prep_inputs import is_fits_input
+    from oddframe.prep import format_summary, options_from_config, prepare
+
+    cfg = load_config(config, list(set_ or []))
+    options = options_from_config(cfg.data, fits=is_fits_input(input_path), normalise_exposure=exposure,
+                                  max_invalid_fraction=max_invalid, movie_fps=movie_fps)
+    result = prepare(input_path, out, options=options, movie_only=movie_only, config={"data": cfg.to_dict()["data"]})
+    out_console.print(format_summary(result.summary), markup=False, highlight=False)
+    out_console.print(f"prepared folder: {out}" if not movie_only else f"movie: {result.movie}")
+
+
+@app.command()
+@_friendly
+def review(
+    folder: Path = typer.Argument(..., metavar="DIR", help="A folder written by oddframe prep."),
+    limit: float = typer.Option(3.5, help="Set aside clips whose |robust z| exceeds this on any statistic."),
+    exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Clip ids to leave out (a,b or repeat)."),
+    include: Optional[List[str]] = typer.Option(None, "--include", help="Clip ids to train on anyway (a,b or repeat)."),
+    forget: Optional[List[str]] = typer.Option(None, "--forget", help="Clip ids whose manual decision is dropped."),
+    sheets: bool = typer.Option(False, "--sheets", help="Write contact sheets (sheets/sheet_NNN.png)."),
+    sheet_rows: int = typer.Option(12, help="Clips per contact sheet."),
+) -> None:
+    """Set unusual clips aside (robust z-scores of intensity statistics) and record manual decisions."""
+    from oddframe.review import review as run_review
+
+    def ids(values: Optional[List[str]]) -> list[str]:
+        return [i.strip() for v in values or [] for i in v.split(",") if i.strip()]
+
+    result = run_review(folder, limit=limit, exclude=ids(exclude), include=ids(include), forget=ids(forget),
+                        sheets=sheets, sheet_rows=sheet_rows)
+    headline = f"{len(result.set_aside)} of {result.n_clips} clips set aside"
+    if result.set_aside:
+        table = Table(title=headline)
+        table.add_column("clip")
+        table.add_column("reason")
+        for clip, reason in result.set_aside:
+            table.add_row(clip, reason)
+        out_console.print(table)
+    else:
+        out_console.print(headline)
+    out_console.print(f"review: {folder / 'review.csv'}; decisions: {folder / 'decisions.json'}")
+    if result.sheets:
+        out_console.print(f"contact sheets: {len(result.sheets)} in {result.sheets[0].parent}")
+
+
+@app.command(name="fetch-sdo")
+@_friendly
+def fetch_sdo(
+    out: Path = typer.Option(..., "--out", help="Folder to download FITS files into."),
+    start: str = typer.Option(..., help="Start time, ISO 8601 UTC, e.g. 2024-05-10T00:00:00."),
+    end: str = typer.Option(..., help="End time, ISO 8601 UTC."),
+    instrument: str = typer.Option("aia", help="Instrument (aia)."),
+    wavelength: int = typer.Option(171, help="Wavelength in Angstrom, e.g. 171."),
+    cadence: float = typer.Option(60.0, help="Seconds between images."),
+    max_conn: int = typer.Option(4, help="Parallel downloads."),
+) -> None:
+    """Download SDO images through SunPy's Fido (needs: pip install 'oddframe[sdo]')."""
+    from oddframe.fetch import fetch_sdo as run_fetch
+
+    result = run_fetch(out, instrument=instrument, wavelength=wavelength, start=start, end=end, cadence=cadence,
+                       max_conn=max_conn)
+    out_console.print(f"found {result.found} records; {len(result.files)} files in {out}")
+    for line in result.errors:
+        console.print(f"failed: {line}", markup=False, highlight=False)
+    if result.errors:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

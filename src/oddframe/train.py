@@ -1,0 +1,277 @@
+"""The training loop (Lightning Fabric): Adam, cosine-annealed learning rate, gradient clipping, resumable.
+
+Fabric gives DDP across GPUs and nodes and mixed precision without owning the loop; everything a model needs
+is its ``training_loss(batch)`` (and, optionally, ``on_train_step_end()`` for an EMA of its weights).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from lightning_fabric import Fabric
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+
+from oddframe import runs
+from oddframe.config import Config
+from oddframe.data.augment import ClipAugment
+from oddframe.data.clips import Batch, collate
+from oddframe.data.layouts import load_dataset
+from oddframe.data.loading import VideoFrames, WindowDataset, load_video_frames
+from oddframe.data.prepared import is_prepared, prepared_dataset
+from oddframe.data.transforms import FrameTransform
+from oddframe.errors import CheckpointError, ConfigError
+from oddframe.registry import build_model
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or resumed) training run did."""
+
+    run_dir: Path
+    epochs: int
+    final_loss: float
+    seconds: float
+    train_frames_per_second: float
+
+
+def frame_transform(config: Config) -> FrameTransform:
+    """The frame transform described by the data section."""
+    d = config.data
+    return FrameTransform(
+        size=tuple(d.size), channels=d.channels, scaling=d.scaling, percentiles=tuple(d.percentiles), stretch=d.stretch
+    )
+
+
+def training_videos(config: Config, *, progress: bool = True) -> list[VideoFrames]:
+    """Load the normal training videos named by ``config.data.path`` (less the held-out ones) into memory."""
+    if not config.data.path:
+        raise ConfigError("data.path is not set: give the training data with --set data.path=FOLDER")
+    dataset = load_dataset(config.data.path)
+    videos = dataset.train
+    if config.data.holdout_videos:
+        if config.data.holdout_videos >= len(videos):
+            raise ConfigError(
+                f"data.holdout_videos={config.data.holdout_videos} leaves no training video (have {len(videos)})"
+            )
+        videos = videos[: len(videos) - config.data.holdout_videos]
+    if not videos:
+        raise ConfigError(f"{config.data.path}: the {dataset.layout} layout has no training videos")
+    transform = frame_transform(config)
+    out = []
+    with _progress(progress) as bar:
+        task = bar.add_task("loading training videos", total=len(videos))
+        for v in videos:
+            out.append(
+                load_video_frames(
+                    v.name,
+                    v.source,
+                    transform,
+                    sample_interval=config.data.sample_interval,
+                    sample_interval_sec=config.data.sample_interval_sec,
+                )
+            )
+            bar.advance(task)
+    return out
+
+
+def _progress(enabled: bool) -> Progress:
+    """A Rich progress bar (a no-op when disabled) whose description carries loss and throughput."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def _precision(config: Config) -> str:
+    if config.train.precision:
+        return config.train.precision
+    return "bf16-mixed" if torch.cuda.is_available() and config.train.accelerator in ("auto", "cuda") else "32-true"
+
+
+def train(
+    config: Config,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    videos: list[VideoFrames] | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train ``config.model`` on normal clips and write a run folder to ``out``.
+
+    Args:
+        config: the resolved configuration.
+        out: run folder; created if absent. Without ``resume`` it must not hold a run already.
+        resume: continue the run in ``out`` from its last completed epoch.
+        videos: training videos already in memory (default: load ``config.data.path``).
+        progress: show a Rich progress bar.
+        on_epoch_end: called with ``(epoch, mean_loss)`` after each epoch's checkpoint is written.
+    """
+    run_dir = Path(out)
+    state_path = run_dir / runs.STATE
+    if resume and not state_path.is_file():
+        raise CheckpointError(f"{run_dir}: nothing to resume ({runs.STATE} is missing)")
+    if not resume and (run_dir / runs.WEIGHTS).exists():
+        raise CheckpointError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+    tc = config.train
+    fabric = Fabric(
+        accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes, precision=_precision(config)
+    )
+    fabric.launch()
+    fabric.seed_everything(tc.seed, verbose=False)
+
+    augment = ClipAugment(**tc.augment.model_dump(), seed=tc.seed)
+    is_identity = not any(tc.augment.model_dump().values())
+    if videos is None and config.data.path and is_prepared(config.data.path):
+        # A folder from `oddframe prep` (and `review`): its clips, less those set aside.
+        dataset = prepared_dataset(
+            config.data.path,
+            clip_length=config.data.clip_length,
+            augment=None if is_identity else augment,
+            transform=frame_transform(config),
+        )
+    else:
+        if videos is None:
+            videos = training_videos(config, progress=progress and fabric.is_global_zero)
+        dataset = WindowDataset(
+            videos,
+            clip_length=config.data.clip_length,
+            stride=config.data.train_stride,
+            augment=None if is_identity else augment,
+        )
+    loader = DataLoader(
+        dataset,
+        batch_size=tc.batch_size,
+        shuffle=True,
+        num_workers=tc.num_workers,
+        collate_fn=lambda clips: collate(clips, config.data.clip_length),
+        drop_last=len(dataset) > tc.batch_size,
+        generator=torch.Generator().manual_seed(tc.seed),
+    )
+    loader = fabric.setup_dataloaders(loader, move_to_device=False)
+
+    model = build_model(config.model.name, **config.model_kwargs())
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    steps_per_epoch = len(loader) if tc.max_steps_per_epoch is None else min(len(loader), tc.max_steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, tc.epochs * steps_per_epoch))
+
+    start_epoch, step, history = 0, 0, []
+    if resume:
+        runs.load_weights(model, run_dir / runs.WEIGHTS)
+        state = runs.load_state(state_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        history = runs.read_history(run_dir)
+    model, optimizer = fabric.setup(model, optimizer)
+
+    writer = None
+    if fabric.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_config(config, run_dir)
+        writer = _summary_writer(run_dir)
+
+    frames_per_clip = config.data.clip_length
+    t_start, frames_seen, mean_loss = time.perf_counter(), 0, float("nan")
+    with _progress(progress and fabric.is_global_zero) as bar:
+        task = bar.add_task("training", total=(tc.epochs - start_epoch) * steps_per_epoch)
+        for epoch in range(start_epoch, tc.epochs):
+            model.train()
+            losses = []
+            t_epoch = time.perf_counter()
+            for i, batch in enumerate(loader):
+                if i >= steps_per_epoch:
+                    break
+                batch = batch.to(fabric.device)
+                loss = model.training_loss(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {i}")
+                optimizer.zero_grad(set_to_none=True)
+                fabric.backward(loss)
+                if tc.grad_clip:
+                    fabric.clip_gradients(model, optimizer, max_norm=tc.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                hook = getattr(model, "on_train_step_end", None)
+                if callable(hook):
+                    hook()
+                step += 1
+                losses.append(loss.item())
+                frames_seen += len(batch) * frames_per_clip
+                rate = frames_seen / max(time.perf_counter() - t_start, 1e-9)
+                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{tc.epochs} loss {loss.item():.4g} {rate:.0f} frames/s")
+                if writer is not None:
+                    writer.add_scalar("loss/train", loss.item(), step)
+                    writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
+            mean_loss = float(sum(losses) / max(len(losses), 1))
+            if fabric.is_global_zero:
+                history.append(
+                    {
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "loss": mean_loss,
+                        "lr": scheduler.get_last_lr()[0],
+                        "seconds": time.perf_counter() - t_epoch,
+                    }
+                )
+                _checkpoint(model, optimizer, scheduler, epoch + 1, step, history, run_dir)
+                if writer is not None and ((epoch + 1) % tc.log_images_every == 0 or epoch + 1 == tc.epochs):
+                    _log_images(writer, model, batch, step)
+            fabric.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, mean_loss)
+    seconds = time.perf_counter() - t_start
+    if writer is not None:
+        writer.close()
+    if fabric.is_global_zero:
+        from oddframe.render.plots import plot_loss
+
+        plot_loss(history, run_dir / "loss.png")
+    return TrainResult(run_dir, tc.epochs, mean_loss, seconds, frames_seen / max(seconds, 1e-9))
+
+
+def _checkpoint(model, optimizer, scheduler, epoch: int, step: int, history: list[dict], run_dir: Path) -> None:
+    # Weights first, then state: a run killed between the two resumes from the previous epoch's state with the
+    # newer weights, which is harmless; the reverse could pair new optimiser moments with old weights.
+    module = model.module if hasattr(model, "module") else model
+    runs.save_weights(module, run_dir / runs.WEIGHTS)
+    runs.save_state(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step},
+        run_dir / runs.STATE,
+    )
+    runs.write_history(history, run_dir)
+
+
+def _summary_writer(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but keep training alive without it
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tb"))
+
+
+@torch.inference_mode()
+def _log_images(writer, model, batch: Batch, step: int) -> None:
+    """A few reconstructions (middle frame of up to 4 clips: input above, reconstruction below) to TensorBoard."""
+    module = model.module if hasattr(model, "module") else model
+    was_training = module.training
+    module.eval()
+    small = Batch(batch.frames[:4], batch.valid[:4], batch.video[:4], None if batch.frame_index is None else batch.frame_index[:4])
+    recon = module.reconstruct(small)
+    module.train(was_training)
+    if recon is None:
+        return
+    t = small.frames.shape[2] // 2
+    grid = torch.cat([small.frames[:, :, t], recon[:, :, t].to(small.frames.dtype)], dim=0)  # (2B, C, H, W)
+    grid = ((grid.float().clamp(-1, 1) + 1) / 2).cpu()
+    writer.add_images("reconstruction/top_input_bottom_output", grid, step)

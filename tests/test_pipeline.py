@@ -1,0 +1,127 @@
+"""The first complete path: train -> calibrate -> detect -> eval, through the Python API, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from oddframe import api, runs
+from oddframe.data.synthetic import write_synthetic_dataset
+from oddframe.errors import CheckpointError, ConfigError
+
+TINY = [
+    "model.name=conv3d_ae",
+    "model.params.width=0.125",
+    "data.size=[32,32]",
+    "data.clip_length=4",
+    "data.train_stride=2",
+    "train.epochs=2",
+    "train.batch_size=4",
+    "train.lr=0.003",
+    "render.top_frames=3",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_dataset(root, n_train=8, n_test=3, length=8, size=32, anomaly="object", seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    config = api.load_config(None, TINY + [f"data.path={data}"])
+    result = api.train(config, out, progress=False)
+    assert result.epochs == 2 and np.isfinite(result.final_loss)
+    return out
+
+
+def test_run_folder_is_self_describing(run):
+    for name in ("config.yaml", "model.safetensors", "state.pt", "history.csv", "loss.png"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").iterdir()), "TensorBoard logs"
+    history = runs.read_history(run)
+    assert [h["epoch"] for h in history] == [1, 2]
+    model, config = api.load_run(run)
+    assert config.model.name == "conv3d_ae" and model.clip_length == 4
+    from safetensors import safe_open
+
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        assert f.metadata()["model"] == "conv3d_ae" and "oddframe_version" in f.metadata()
+
+
+def test_resume_continues_where_it_stopped(data, tmp_path):
+    out = tmp_path / "run"
+    config = api.load_config(None, TINY + [f"data.path={data}", "train.epochs=3"])
+
+    def stop_after_first(epoch, loss):
+        if epoch == 1:
+            raise KeyboardInterrupt  # a user pressing Ctrl-C (or a killed job) after the first checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        api.train(config, out, progress=False, on_epoch_end=stop_after_first)
+    assert [h["epoch"] for h in runs.read_history(out)] == [1]
+    weights_after_1 = (out / "model.safetensors").read_bytes()
+    steps_1 = runs.read_history(out)[0]["step"]
+
+    result = api.train(config, out, resume=True, progress=False)
+    history = runs.read_history(out)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[1]["step"] == 2 * steps_1 and history[2]["step"] == 3 * steps_1  # steps continue, not restart
+    assert (out / "model.safetensors").read_bytes() != weights_after_1
+    assert result.epochs == 3
+    state = runs.load_state(out / "state.pt")
+    assert state["epoch"] == 3
+
+
+def test_training_into_an_existing_run_needs_resume(run, data):
+    config = api.load_config(run / "config.yaml")
+    with pytest.raises(CheckpointError, match="--resume"):
+        api.train(config, run, progress=False)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        api.train(config, run.parent / "fresh", resume=True, progress=False)
+
+
+def test_missing_data_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="data.path"):
+        api.train(api.load_config(None, TINY), tmp_path / "r", progress=False)
+
+
+def test_calibrate_detect_eval(run, data, tmp_path):
+    cal = api.calibrate(run, progress=False)
+    assert np.isfinite(cal["threshold"]) and 0 <= cal["heldout_fpr"] <= 1
+    assert json.loads((run / "calibration.json").read_text())["threshold"] == pytest.approx(cal["threshold"])
+
+    summary = api.detect(run, data / "testing" / "frames" / "01", tmp_path / "det", maps=True,
+                         video=tmp_path / "det" / "a.mp4", progress=False)
+    assert summary.n_frames == 8
+    rows = list(csv.DictReader((tmp_path / "det" / "scores.csv").open()))
+    assert [int(r["frame"]) for r in rows] == list(range(8))
+    assert all(r["flagged"] in ("0", "1") for r in rows)
+    maps = np.load(tmp_path / "det" / "maps" / "01.npy")
+    assert maps.shape == (8, 32, 32)
+    import av
+
+    with av.open(str(tmp_path / "det" / "a.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 8
+
+    metrics = api.evaluate(run, data, tmp_path / "eval", progress=False)
+    for key in ("frame_auroc_micro", "frame_auroc_macro", "frame_ap", "eer", "pixel_auroc", "n_test_frames", "detect_fps"):
+        assert key in metrics
+    assert metrics["n_test_frames"] == 24
+    assert metrics["pixel_auroc"] is not None
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["n_test_frames"] == 24
+    assert (tmp_path / "eval" / "report.html").is_file()
+    labels = [int(r["label"]) for r in csv.DictReader((tmp_path / "eval" / "scores.csv").open())]
+    assert sum(labels) == metrics["n_anomalous_frames"] > 0
+
+
+def test_detect_rejects_a_folder_that_is_not_a_run(data, tmp_path):
+    with pytest.raises(CheckpointError, match="not a finished run"):
+        api.detect(tmp_path, data, tmp_path / "o", progress=False)
