@@ -33,9 +33,12 @@ from oddframe.detect import (
     stream_video,
     write_scores_csv,
 )
+from oddframe.data.loading import TransformedFrame
+from oddframe.data.prepared import is_prepared, prepared_dataset
 from oddframe.errors import ConfigError
 from oddframe.metrics import PixelAUROC, summarise
 from oddframe.runs import CALIBRATION, HISTORY, load_run, write_json
+from oddframe.train import frame_transform
 from oddframe.thresholds import Calibration, calibrate_threshold, false_positive_rate, split_holdout
 
 
@@ -49,6 +52,23 @@ def _raw_scores(detector: Detector, videos: list[Video], config: Config, progres
                 scores.append(r.score)
                 bar.advance(task)
             out.append(np.asarray(scores, dtype=np.float64))
+    return out
+
+
+def _prepared_scores(detector: Detector, path: str | Path, config: Config, progress: bool) -> list[np.ndarray]:
+    """Raw frame scores of every clip a prepared folder lets training use (each clip scored on its own)."""
+    dataset = prepared_dataset(path, clip_length=config.data.clip_length, transform=frame_transform(config))
+    out = []
+    with _progress_bar(progress) as bar:
+        task = bar.add_task("scoring prepared clips", total=len(dataset))
+        for i in range(len(dataset)):
+            clip = dataset[i]
+            frames = [
+                TransformedFrame(int(idx), None, clip.frames[:, t].numpy(), clip.valid[0, t].numpy())
+                for t, idx in enumerate(clip.frame_index.tolist())
+            ]
+            out.append(np.asarray([r.score for r in detector.run(frames, clip.video)], dtype=np.float64))
+            bar.advance(task)
     return out
 
 
@@ -73,13 +93,18 @@ def calibrate(
     path = data or config.data.path
     if not path:
         raise ConfigError("no normal data to calibrate on: pass --data or set data.path in the run's config")
-    train = load_dataset(path).train
-    k = config.data.holdout_videos
-    normal = train[len(train) - k:] if k else train
-    source = "held-out training videos" if k else "training videos (seen in training: the threshold is optimistic)"
-    if not normal:
-        raise ConfigError(f"{path}: no training videos to calibrate on")
-    raw = _raw_scores(detector_for(model, config, device=device), normal, config, progress)
+    detector = detector_for(model, config, device=device)
+    if is_prepared(path):
+        raw = _prepared_scores(detector, path, config, progress)
+        source = "prepared training clips kept by the review (seen in training: the threshold is optimistic)"
+    else:
+        train = load_dataset(path).train
+        k = config.data.holdout_videos
+        normal = train[len(train) - k:] if k else train
+        source = "held-out training videos" if k else "training videos (seen in training: the threshold is optimistic)"
+        if not normal:
+            raise ConfigError(f"{path}: no training videos to calibrate on")
+        raw = _raw_scores(detector, normal, config, progress)
     pooled = np.concatenate(raw)
     reference = {"mean": float(pooled.mean()), "std": float(pooled.std() or 1.0)}
     final = [postprocess(s, config, reference) for s in raw]

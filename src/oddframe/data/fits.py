@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import re
 import tarfile
 import warnings
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from astropy.io import fits
@@ -64,27 +66,44 @@ class FitsSource(FrameSource):
     Args:
         path: a FITS file (``.fits``, ``.fit``, ``.fts``, optionally ``.gz``; ``.fz``), a folder of them,
             or a tar archive of them (other members are skipped).
+        normalise_exposure: divide each image by its ``EXPTIME`` (seconds) where the header has a positive one,
+            so frames taken with different exposures compare (DN -> DN/s; AIA shortens exposures during flares).
+        skip_unreadable: skip files that cannot be read, hold no 2-D image, or differ in shape from the
+            most common one, listing them in :attr:`skipped`, instead of raising (long downloads often hold
+            a broken file).
+
+    Attributes:
+        skipped: ``{"name", "reason"}`` of every file skipped so far (grows during iteration when a file's
+            data turns out unreadable); always empty without ``skip_unreadable``.
 
     Raises:
         SourceError: naming the file or archive member that is unreadable, unsafe, has no 2-D image,
-            or differs in shape from the first frame.
+            or differs in shape from the first frame (without ``skip_unreadable``), or when no frame is left.
     """
 
     kind = "fits"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, normalise_exposure: bool = False, skip_unreadable: bool = False) -> None:
         path = Path(path)
+        self.normalise_exposure = normalise_exposure
+        self.skip_unreadable = skip_unreadable
+        self.skipped: list[dict[str, str]] = []
+        make = self._entry_or_skip if skip_unreadable else _entry
         self._archive = path_suffix(path) in FITS_ARCHIVE_SUFFIXES
         if self._archive:
-            entries = _archive_entries(path)
+            found = _archive_entries(path, make)
         elif path.is_dir():
             files = [p for p in path.iterdir()
                      if not p.name.startswith(".") and path_suffix(p) in FITS_SUFFIXES and p.is_file()]
-            entries = [_entry(str(p), None, lambda p=p: fits.open(p)) for p in files]
+            found = [make(str(p), None, lambda p=p: fits.open(p)) for p in files]
         else:
-            entries = [_entry(str(path), None, lambda: fits.open(path))]
+            found = [make(str(path), None, lambda: fits.open(path))]
+        entries = [e for e in found if e is not None]
         if not entries:
-            raise SourceError(f"{path}: no FITS files ({', '.join(sorted(FITS_SUFFIXES))}) found")
+            why = f"; skipped: {self.skipped[:3]}" if self.skipped else ""
+            raise SourceError(f"{path}: no FITS files ({', '.join(sorted(FITS_SUFFIXES))}) found{why}")
+        if skip_unreadable:
+            entries = self._drop_odd_shapes(entries)
         # Time order first; frames without a time go last, by name (natural order: img2 before img10).
         entries.sort(key=lambda e: (e.time is None, e.time or 0.0, natural_key(e.name)))
         for e in entries[1:]:
@@ -97,6 +116,22 @@ class FitsSource(FrameSource):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def _entry_or_skip(self, name: str, member: tarfile.TarInfo | None, opener: Any) -> _Entry | None:
+        """:func:`_entry`, recording an unreadable file in :attr:`skipped` instead of raising."""
+        try:
+            return _entry(name, member, opener)
+        except SourceError as e:
+            self.skipped.append({"name": name, "reason": str(e)})
+            return None
+
+    def _drop_odd_shapes(self, entries: list[_Entry]) -> list[_Entry]:
+        """Keep the frames of the most common shape (a stray full-disk or cut-out file is skipped, not fatal)."""
+        common = Counter(e.shape for e in entries).most_common(1)[0][0]
+        for e in entries:
+            if e.shape != common:
+                self.skipped.append({"name": e.name, "reason": f"shape {e.shape} differs from the sequence's {common}"})
+        return [e for e in entries if e.shape == common]
+
     def headers(self) -> list[dict[str, Any]]:
         """Per frame, in frame order: ``HEADER_KEYS`` (None where absent) plus ``NAME`` (file or member name).
 
@@ -107,18 +142,109 @@ class FitsSource(FrameSource):
     def __iter__(self) -> Iterator[Frame]:
         if not self._archive:
             for index, e in enumerate(self._entries):
-                yield self._frame(index, e, lambda e=e: fits.open(e.name))
+                frame = self._frame_or_skip(index, e, lambda e=e: fits.open(e.name))
+                if frame is not None:
+                    yield frame
             return
         with _open_tar(self.path) as tar:
             for index, e in enumerate(self._entries):
                 data = _member_bytes(self.path, tar, e.member)
-                yield self._frame(index, e, lambda data=data: fits.open(io.BytesIO(data)))
+                frame = self._frame_or_skip(index, e, lambda data=data: fits.open(io.BytesIO(data)))
+                if frame is not None:
+                    yield frame
+
+    def _frame_or_skip(self, index: int, entry: _Entry, opener: Any) -> Frame | None:
+        """:meth:`_frame`; with ``skip_unreadable`` a file whose data cannot be read is recorded and skipped."""
+        if not self.skip_unreadable:
+            return self._frame(index, entry, opener)
+        try:
+            return self._frame(index, entry, opener)
+        except SourceError as e:
+            if not any(s["name"] == entry.name for s in self.skipped):  # once, however often the source is iterated
+                self.skipped.append({"name": entry.name, "reason": str(e)})
+            return None
 
     def _frame(self, index: int, entry: _Entry, opener: Any) -> Frame:
         data, valid = _read_image(entry.name, opener, entry.hdu)
         if data.shape != self._shape:
             raise SourceError(f"{entry.name}: shape {data.shape} differs from the header's {self._shape}")
+        if self.normalise_exposure:
+            seconds = exposure_seconds(entry.header)
+            if seconds is not None:
+                data /= np.float32(seconds)  # invalid pixels hold 0 and stay 0
         return Frame(index=index, time=entry.time, data=data, valid=valid)
+
+
+def exposure_seconds(header: dict[str, Any]) -> float | None:
+    """The header's ``EXPTIME`` as a positive finite number of seconds, else ``None`` (absent, 0, text, NaN).
+
+    A zero or negative exposure (dark frames, some engineering images) cannot normalise anything, so such
+    frames are left as they are rather than divided into infinities.
+    """
+    value = header.get("EXPTIME")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
+
+
+@dataclass(frozen=True)
+class CadenceGap:
+    """An interval between two consecutive frames longer than the sequence's usual cadence allows.
+
+    Attributes:
+        before, after: positions (in the ``times`` passed to :func:`cadence_gaps`) of the frames on either side.
+        start, end: their times in seconds.
+        median_cadence: the median interval of the sequence, seconds.
+    """
+
+    before: int
+    after: int
+    start: float
+    end: float
+    median_cadence: float
+
+    @property
+    def seconds(self) -> float:
+        """Length of the interval, seconds."""
+        return self.end - self.start
+
+
+def median_cadence(times: Sequence[float | None]) -> float | None:
+    """Median positive interval between consecutive known times (seconds), or ``None`` with fewer than 2.
+
+    Zero intervals (duplicated ``DATE-OBS``) are left out so that duplicates cannot make the cadence 0.
+    """
+    known = [t for t in times if t is not None]
+    steps = [b - a for a, b in zip(known, known[1:]) if b - a > 0]
+    return float(np.median(steps)) if steps else None
+
+
+def cadence_gaps(times: Sequence[float | None], *, factor: float = 1.5) -> list[CadenceGap]:
+    """Intervals longer than ``factor`` times the median cadence: missing images in a time series.
+
+    Args:
+        times: ``N`` frame times in seconds, in frame order (``None`` for frames without one: skipped, so a
+            gap is measured between the nearest frames that have a time).
+        factor: an interval ``> factor * median`` is a gap (1.5: one missing frame at a regular cadence
+            doubles the interval, while the jitter of a regular cadence stays far below 1.5).
+
+    Returns:
+        The gaps in time order.
+
+    Raises:
+        ValueError: if ``factor <= 1``.
+    """
+    if not factor > 1:
+        raise ValueError(f"factor must be > 1 (an interval longer than factor x the median cadence), got {factor}")
+    median = median_cadence(times)
+    if median is None:
+        return []
+    known = [(i, t) for i, t in enumerate(times) if t is not None]
+    return [
+        CadenceGap(before=i, after=j, start=a, end=b, median_cadence=median)
+        for (i, a), (j, b) in zip(known, known[1:])
+        if b - a > factor * median
+    ]
 
 
 def _entry(name: str, member: tarfile.TarInfo | None, opener: Any) -> _Entry:
@@ -242,8 +368,8 @@ def _member_bytes(archive: Path, tar: tarfile.TarFile, member: tarfile.TarInfo |
         raise SourceError(f"{archive}: cannot read member {name!r} ({e})") from e
 
 
-def _archive_entries(path: Path) -> list[_Entry]:
-    """Header pass over a tar archive: check every member, read the FITS members' headers."""
+def _archive_entries(path: Path, make: Callable[..., _Entry | None] = _entry) -> list[_Entry | None]:
+    """Header pass over a tar archive: check every member, read the FITS members' headers with ``make``."""
     entries = []
     with _open_tar(path) as tar:
         try:
@@ -256,5 +382,5 @@ def _archive_entries(path: Path) -> list[_Entry]:
             if member.isfile() and path_suffix(member.name) in FITS_SUFFIXES:
                 data = _member_bytes(path, tar, member)
                 name = f"{path}:{member.name}"
-                entries.append(_entry(name, member, lambda data=data: fits.open(io.BytesIO(data))))
+                entries.append(make(name, member, lambda data=data: fits.open(io.BytesIO(data))))
     return entries
