@@ -16,7 +16,10 @@ from oddframe.registry import build_model, describe, list_models
 TINY: dict[str, dict] = {
     "conv3d_ae": {"width": 0.125},
     "convlstm_ae": {"image_size": (64, 64), "clip_length": 4},
-    "st_diffusion": {"image_size": (16, 16), "clip_length": 4},
+    "st_diffusion": {
+        "image_size": (16, 16), "clip_length": 4, "base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1,
+        "attention_resolutions": (2,), "num_heads": 2, "diffusion_steps": 100, "sampling_steps": 4,
+    },
 }
 SHAPES = {"conv3d_ae": (2, 1, 8, 32, 32), "convlstm_ae": (2, 1, 4, 64, 64), "st_diffusion": (2, 1, 4, 16, 16)}
 

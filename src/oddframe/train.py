@@ -225,7 +225,15 @@ def train(
                     }
                 )
                 _checkpoint(model, optimizer, scheduler, epoch + 1, step, history, run_dir)
-                if writer is not None and ((epoch + 1) % tc.log_images_every == 0 or epoch + 1 == tc.epochs):
+                if progress:  # one line per epoch, which also reaches logs where the bar cannot redraw
+                    bar.console.print(
+                        f"epoch {epoch + 1}/{tc.epochs}: loss {mean_loss:.5g}, "
+                        f"{history[-1]['seconds']:.1f} s, lr {history[-1]['lr']:.3g}",
+                        highlight=False,
+                    )
+                module = model.module if hasattr(model, "module") else model
+                log_now = (epoch + 1) % tc.log_images_every == 0 or epoch + 1 == tc.epochs
+                if writer is not None and log_now and module.cheap_reconstruction:
                     _log_images(writer, model, batch, step)
             fabric.barrier()
             if on_epoch_end is not None:

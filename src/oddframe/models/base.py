@@ -33,6 +33,9 @@ class AnomalyModel(nn.Module, ABC):
     #: The map is |error| ** map_power: 2 for squared reconstruction error, 1 for absolute error. Scoring rules
     #: (MSE, L1, PSNR) and the 0-1 "loss" scale of the video boxes use it to convert maps consistently.
     map_power: ClassVar[int] = 2
+    #: Whether ``reconstruct`` costs about one forward pass. Samplers (diffusion) set False, so the trainer does
+    #: not run a whole reverse process to log pictures.
+    cheap_reconstruction: ClassVar[bool] = True
     in_channels: int
     clip_length: int
     image_size: tuple[int, int]
