@@ -13,7 +13,6 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from oddframe.config import config_from_dict
 from oddframe.data.layouts import open_input
 from oddframe.detect import detector_for, stream_video
 from oddframe.runs import load_run
@@ -29,8 +28,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, config = load_run(args.run)
-    config = config_from_dict(config.to_dict(), args.overrides)
+    model, config = load_run(args.run, overrides=args.overrides)
     dataset = open_input(args.input)
     videos = dataset.test or dataset.train
     detector = detector_for(model, config)

@@ -125,3 +125,10 @@ def test_calibrate_detect_eval(run, data, tmp_path):
 def test_detect_rejects_a_folder_that_is_not_a_run(data, tmp_path):
     with pytest.raises(CheckpointError, match="not a finished run"):
         api.detect(tmp_path, data, tmp_path / "o", progress=False)
+
+
+def test_inference_overrides_reach_the_model_and_architecture_changes_are_refused(run):
+    model, config = api.load_run(run, overrides=["score.rule=l1"])
+    assert config.score.rule == "l1"
+    with pytest.raises(CheckpointError, match="do not fit"):
+        api.load_run(run, overrides=["model.params.width=0.25"])

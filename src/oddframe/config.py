@@ -106,7 +106,11 @@ class RenderConfig(_Section):
     threshold_high: float = Field(0.08, ge=0, le=1, description="high-level anomaly")
     mode: Literal["both", "boxes", "heatmap"] = "both"
     style: Literal["standard", "diagnostic"] = "standard"
-    frame_scale: Literal["low", "high", "linear"] = "low"
+    frame_scale: Literal["low", "high", "linear"] = Field(
+        "low", description="low: stretch that shows subtle activity; high: shifted to intense events"
+    )
+    frame_cmap: str | None = Field(None, description="matplotlib colormap for grey frames, e.g. afmhot for solar data")
+    vmax: float | None = Field(None, gt=0, description="top of the heatmap colour scale (0-1 loss); null = per frame")
     fps: float | None = Field(None, gt=0, description="video frame rate; null = the source's or 10")
     top_frames: int = Field(8, ge=0, description="most anomalous frames shown in the report")
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from oddframe.config import Config, config_from_dict
+from oddframe.config import Config
 from oddframe.data.clips import Clip, collate
 from oddframe.data.layouts import Video, open_input
 from oddframe.data.loading import TransformedFrame, iter_frames
@@ -317,8 +317,7 @@ def detect(
     """
     from oddframe.render.video import AnomalyVideoWriter
 
-    model, config = load_run(run_dir)
-    config = config_from_dict(config.to_dict(), overrides)
+    model, config = load_run(run_dir, overrides=overrides)
     calibration = read_calibration(run_dir)
     dataset = open_input(input_path)
     videos = dataset.test or dataset.train
@@ -378,6 +377,8 @@ def render_kwargs(config: Config, model: AnomalyModel) -> dict[str, Any]:
         "mode": r.mode,
         "style": r.style,
         "frame_scale": r.frame_scale,
+        "frame_cmap": r.frame_cmap,
+        "vmax": r.vmax,
         "threshold_low": r.threshold_low,
         "threshold_high": r.threshold_high,
     }

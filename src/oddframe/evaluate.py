@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from oddframe.config import Config, config_from_dict, save_config
+from oddframe.config import Config, save_config
 from oddframe.data.layouts import Video, load_dataset
 from oddframe.detect import (
     Detector,
@@ -88,8 +88,7 @@ def calibrate(
     the threshold on normal frames that did not set it.
     """
     run_dir = Path(run_dir)
-    model, config = load_run(run_dir)
-    config = config_from_dict(config.to_dict(), overrides)
+    model, config = load_run(run_dir, overrides=overrides)
     path = data or config.data.path
     if not path:
         raise ConfigError("no normal data to calibrate on: pass --data or set data.path in the run's config")
@@ -156,8 +155,7 @@ def evaluate(
     from oddframe.render.video import AnomalyVideoWriter
 
     run_dir, out = Path(run_dir), Path(out)
-    model, config = load_run(run_dir)
-    config = config_from_dict(config.to_dict(), overrides)
+    model, config = load_run(run_dir, overrides=overrides)
     dataset = load_dataset(data)
     tests = [v for v in dataset.test if v.labels is not None]
     if not tests:

@@ -62,7 +62,11 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot read weights ({exc})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches: the config describes another architecture
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{path}: weights do not fit model {getattr(model, 'model_name', '?')} ({first})") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not fit model {getattr(model, 'model_name', '?')}: "
@@ -83,13 +87,19 @@ def load_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read training state ({exc})") from None
 
 
-def load_run(run_dir: str | Path, *, map_location: str = "cpu") -> tuple[AnomalyModel, Config]:
-    """Rebuild the trained model of a run folder from its config and weights (eval mode)."""
+def load_run(
+    run_dir: str | Path, *, overrides: tuple[str, ...] | list[str] = (), map_location: str = "cpu"
+) -> tuple[AnomalyModel, Config]:
+    """Rebuild the trained model of a run folder from its config and weights (eval mode).
+
+    ``overrides`` (``["score.rule=l1", "model.params.sampling_steps=10"]``) apply before the model is built, so
+    inference-time model settings take effect; one that changes the architecture fails with a CheckpointError.
+    """
     run = Path(run_dir)
     for name in (CONFIG, WEIGHTS):
         if not (run / name).is_file():
             raise CheckpointError(f"{run}: not a finished run folder ({name} is missing)")
-    config = load_config(run / CONFIG)
+    config = load_config(run / CONFIG, overrides)
     model = build_model(config.model.name, **config.model_kwargs())
     load_weights(model, run / WEIGHTS)
     model.to(map_location).eval()
