@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from oddframe.config import load_config, parse_override, save_config
@@ -62,3 +64,19 @@ def test_model_kwargs_take_shapes_from_data():
     cfg = load_config(None, ["data.clip_length=8", "data.size=[32,32]", "model.params.width=0.25"])
     kw = cfg.model_kwargs()
     assert kw["clip_length"] == 8 and tuple(kw["image_size"]) == (32, 32) and kw["in_channels"] == 1
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    cfg = load_config(path)
+    assert cfg.data.path, "benchmark configs name their data"
+    from oddframe.registry import build_model
+
+    build_model(cfg.model.name, **cfg.model_kwargs())  # every model param is accepted by the constructor
+
+
+def test_packaged_demo_config_is_valid():
+    from oddframe.demo import demo_config_path
+
+    cfg = load_config(demo_config_path())
+    assert cfg.model.name == "conv3d_ae"
