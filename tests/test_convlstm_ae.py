@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -26,14 +25,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: tiny models gain nothing from two, and two OpenMP threads slow down by an order of
-    magnitude when another process holds one of the 2 cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def moving_blobs(n: int, t: int, size: int, g: torch.Generator, *, level: float = 0.6) -> torch.Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -24,14 +23,6 @@ from oddframe.diffusion import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Run on one intra-op thread: the tensors are tiny, and on a busy machine OpenMP's spin-waiting made the
-    2-thread run of this module up to 10x slower than the 1-thread one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _oracle(diffusion: GaussianDiffusion, x0: torch.Tensor, calls: list | None = None):

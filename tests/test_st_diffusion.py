@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -15,14 +14,6 @@ from oddframe.errors import ConfigError
 from oddframe.registry import build_model, list_models, model_params
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Run on one intra-op thread: the tensors are tiny, and on a busy machine OpenMP's spin-waiting made the
-    2-thread run of this module up to 10x slower than the 1-thread one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 TINY = dict(
     image_size=(16, 16), base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),

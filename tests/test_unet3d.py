@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Iterator
 
 import pytest
 import torch
@@ -11,14 +10,6 @@ from torch import nn
 from oddframe.models.unet3d import SpatioTemporalUNet, TemporalAttention, timestep_embedding
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Run on one intra-op thread: the tensors are tiny, and on a busy machine OpenMP's spin-waiting made the
-    2-thread run of this module up to 10x slower than the 1-thread one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 TINY = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2), num_heads=2)
 

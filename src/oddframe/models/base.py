@@ -62,3 +62,44 @@ def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """
     w = valid.to(x.dtype).expand_as(x)
     return (x * w).sum() / w.sum().clamp_min(1.0)
+
+
+class ReconstructionModel(AnomalyModel):
+    """An autoencoder: ``forward(frames) -> reconstruction``; loss and map are the squared reconstruction error.
+
+    Shared by ``conv3d_ae`` and ``convlstm_ae`` (Yan et al. 2020 and Chong & Tay 2017 both train with a Euclidean
+    loss and read anomalies off the reconstruction error), so subclasses only define ``forward``.
+    """
+
+    map_power = 2
+
+    def _prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked ``(frames, valid)`` with every invalid pixel set to -1 (black), as the contract says."""
+        frames, valid = batch.frames, batch.valid
+        if frames.ndim != 5 or frames.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{self.model_name} expects frames (B, {self.in_channels}, T, H, W), got shape {tuple(frames.shape)}"
+            )
+        b, _, t, h, w = frames.shape
+        if tuple(valid.shape) != (b, 1, t, h, w):
+            raise ValueError(f"valid must have shape {(b, 1, t, h, w)}, got {tuple(valid.shape)}")
+        x = torch.where(valid, frames, torch.full_like(frames, -1.0))
+        if torch.isnan(x).any():
+            raise ValueError("frames contain NaN at pixels marked valid; mark them invalid in the valid mask")
+        return x, valid
+
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        """Euclidean reconstruction loss: mean squared error over valid pixels (scalar)."""
+        x, valid = self._prepare(batch)
+        return masked_mean((self(x) - x) ** 2, valid)
+
+    def anomaly_map(self, batch: Batch) -> torch.Tensor:
+        """Squared reconstruction error averaged over channels, ``(B, T, H, W)``; 0 at invalid pixels."""
+        x, valid = self._prepare(batch)
+        err = ((self(x) - x) ** 2).mean(dim=1)
+        return err * valid[:, 0].to(err.dtype)
+
+    def reconstruct(self, batch: Batch) -> torch.Tensor:
+        """The reconstruction ``(B, C, T, H, W)`` in ``[-1, 1]``."""
+        x, _ = self._prepare(batch)
+        return self(x)

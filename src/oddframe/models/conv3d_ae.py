@@ -56,8 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oddframe.data.clips import Batch
-from oddframe.models.base import AnomalyModel, masked_mean
+from oddframe.models.base import ReconstructionModel
 from oddframe.registry import register_model
 
 #: Total downsampling of the encoder along time and along each spatial axis; inputs are padded to multiples.
@@ -86,7 +85,7 @@ def _block(conv: nn.Module, out_channels: int, batch_norm: bool) -> list[nn.Modu
 
 
 @register_model("conv3d_ae")
-class Conv3dAE(AnomalyModel):
+class Conv3dAE(ReconstructionModel):
     """3D convolutional autoencoder (Yan et al. 2020): reconstructs a clip; per-pixel squared error = anomaly.
 
     Args:
@@ -97,8 +96,6 @@ class Conv3dAE(AnomalyModel):
         width: multiplier applied to ``channels`` (e.g. 0.25 for the tiny models of the tests).
         batch_norm: BatchNorm after every hidden layer.
     """
-
-    map_power = 2
 
     def __init__(
         self,
@@ -160,34 +157,3 @@ class Conv3dAE(AnomalyModel):
         pad = (0, -w % SPACE_STRIDE, 0, -h % SPACE_STRIDE, 0, -t % TIME_STRIDE)
         x = F.pad(frames, pad, mode="replicate") if any(pad) else frames
         return self.decoder(self.encoder(x))[:, :, :t, :h, :w]
-
-    def _prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Checked ``(frames, valid)`` with every invalid pixel set to -1 (black), as the contract says."""
-        frames, valid = batch.frames, batch.valid
-        if frames.ndim != 5 or frames.shape[1] != self.in_channels:
-            raise ValueError(
-                f"conv3d_ae expects frames (B, {self.in_channels}, T, H, W), got shape {tuple(frames.shape)}"
-            )
-        b, _, t, h, w = frames.shape
-        if tuple(valid.shape) != (b, 1, t, h, w):
-            raise ValueError(f"valid must have shape {(b, 1, t, h, w)}, got {tuple(valid.shape)}")
-        x = torch.where(valid, frames, torch.full_like(frames, -1.0))
-        if torch.isnan(x).any():
-            raise ValueError("frames contain NaN at pixels marked valid; mark them invalid in the valid mask")
-        return x, valid
-
-    def training_loss(self, batch: Batch) -> torch.Tensor:
-        """Mean squared reconstruction error over valid pixels (scalar)."""
-        x, valid = self._prepare(batch)
-        return masked_mean((self(x) - x) ** 2, valid)
-
-    def anomaly_map(self, batch: Batch) -> torch.Tensor:
-        """Squared reconstruction error averaged over channels, ``(B, T, H, W)``; 0 at invalid pixels."""
-        x, valid = self._prepare(batch)
-        err = ((self(x) - x) ** 2).mean(dim=1)
-        return err * valid[:, 0].to(err.dtype)
-
-    def reconstruct(self, batch: Batch) -> torch.Tensor:
-        """The reconstruction ``(B, C, T, H, W)`` in ``[-1, 1]``."""
-        x, _ = self._prepare(batch)
-        return self(x)

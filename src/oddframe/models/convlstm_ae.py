@@ -56,8 +56,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from oddframe.data.clips import Batch
-from oddframe.models.base import AnomalyModel, masked_mean
+from oddframe.models.base import ReconstructionModel
 from oddframe.models.convlstm import ConvLSTM
 from oddframe.registry import register_model
 
@@ -184,7 +183,7 @@ class SpatialDecoder(nn.Module):
 
 
 @register_model("convlstm_ae")
-class ConvLSTMAE(AnomalyModel):
+class ConvLSTMAE(ReconstructionModel):
     """Spatiotemporal autoencoder (Chong & Tay 2017): conv encoder, ConvLSTM core, deconv decoder.
 
     Args:
@@ -199,8 +198,6 @@ class ConvLSTMAE(AnomalyModel):
         layer_norm: LayerNorm after each ConvLSTM layer (not in the paper; default off).
         peephole: ConvLSTM peephole connections (default off).
     """
-
-    map_power = 2
 
     def __init__(
         self,
@@ -282,34 +279,3 @@ class ConvLSTMAE(AnomalyModel):
         z = self.temporal(rearrange(z, "(b t) c h w -> b c t h w", b=b, t=t))
         y = self.decoder(rearrange(z, "b c t h w -> (b t) c h w"), (h, w))
         return rearrange(y, "(b t) c h w -> b c t h w", b=b, t=t)
-
-    def _prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Checked ``(frames, valid)`` with every invalid pixel set to -1 (black), as the contract says."""
-        frames, valid = batch.frames, batch.valid
-        if frames.ndim != 5 or frames.shape[1] != self.in_channels:
-            raise ValueError(
-                f"convlstm_ae expects frames (B, {self.in_channels}, T, H, W), got shape {tuple(frames.shape)}"
-            )
-        b, _, t, h, w = frames.shape
-        if tuple(valid.shape) != (b, 1, t, h, w):
-            raise ValueError(f"valid must have shape {(b, 1, t, h, w)}, got {tuple(valid.shape)}")
-        x = torch.where(valid, frames, torch.full_like(frames, -1.0))
-        if torch.isnan(x).any():
-            raise ValueError("frames contain NaN at pixels marked valid; mark them invalid in the valid mask")
-        return x, valid
-
-    def training_loss(self, batch: Batch) -> torch.Tensor:
-        """Euclidean reconstruction loss: mean squared error over valid pixels (scalar)."""
-        x, valid = self._prepare(batch)
-        return masked_mean((self(x) - x) ** 2, valid)
-
-    def anomaly_map(self, batch: Batch) -> torch.Tensor:
-        """Squared reconstruction error averaged over channels, ``(B, T, H, W)``; 0 at invalid pixels."""
-        x, valid = self._prepare(batch)
-        err = ((self(x) - x) ** 2).mean(dim=1)
-        return err * valid[:, 0].to(err.dtype)
-
-    def reconstruct(self, batch: Batch) -> torch.Tensor:
-        """The reconstruction ``(B, C, T, H, W)`` in ``[-1, 1]``."""
-        x, _ = self._prepare(batch)
-        return self(x)
