@@ -6,7 +6,7 @@ is its ``training_loss(batch)`` (and, optionally, ``on_train_step_end()`` for an
 
 from __future__ import annotations
 
-import math
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +154,7 @@ def train(
         batch_size=tc.batch_size,
         shuffle=True,
         num_workers=tc.num_workers,
-        collate_fn=lambda clips: collate(clips, config.data.clip_length),
+        collate_fn=functools.partial(collate, length=config.data.clip_length),  # picklable for workers
         drop_last=len(dataset) > tc.batch_size,
         generator=torch.Generator().manual_seed(tc.seed),
     )
