@@ -50,7 +50,7 @@ def main() -> None:
         str(n), f"{wall:.1f}", f"{n / wall:.1f}", f"{t['decode_s']:.1f}", f"{t['model_s']:.1f}", f"{t['scoring_s']:.1f}",
         str(config.data.clip_length), "x".join(map(str, config.data.size)), str(config.score.stride or config.data.clip_length),
     )
-    Console().print(table)
+    Console(width=150).print(table)
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"device {detector.device}, torch {torch.__version__}")
 

@@ -41,8 +41,8 @@ def test_models_lists_every_registered_model():
 
 
 def test_unknown_config_key_names_the_allowed_ones(tmp_path):
-    r = runner.invoke(app, ["train", "-", "--out", str(tmp_path / "r"), "--set", "train.epoch=1"])
-    assert r.exit_code == 2
+    r = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--set", "train.epoch=1"])
+    assert r.exit_code == 2 and "'train.epoch'" in r.output
     r = runner.invoke(app, ["train", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and "config file not found" in r.output
     cfg = tmp_path / "c.yaml"

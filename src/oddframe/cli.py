@@ -121,7 +121,7 @@ def models() -> None:
 @app.command()
 @_friendly
 def train(
-    config: Path = typer.Argument(..., help="YAML config (data, model, train, score, render sections)."),
+    config: Optional[Path] = typer.Argument(None, help="YAML config (data, model, train, score, render); default: built-in defaults."),
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last completed epoch."),
