@@ -344,7 +344,8 @@ def detect(
                     map_writer.append(r.amap)
                 if writer is not None:
                     t0 = time.perf_counter()
-                    writer.write(display_frame(r), resize_map(r.amap, display_frame(r).shape[-2:]), title=f"{v.name} #{r.index}")
+                    shown = display_frame(r)
+                    writer.write(shown, resize_map(r.amap, shown.shape[-2:]), title=f"{v.name} #{r.index}")
                     detector.timing.extra["render"] = detector.timing.extra.get("render", 0.0) + time.perf_counter() - t0
                 bar.advance(task)
             if map_writer is not None:
