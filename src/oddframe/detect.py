@@ -330,7 +330,7 @@ def detect(
         writer = AnomalyVideoWriter(Path(video), fps=config.render.fps or _fps(videos) or 10.0, **render_kwargs(config, model))
     rows: list[dict] = []
     n_frames = 0
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("detecting", total=sum(len(v.source) // config.data.sample_interval for v in videos))
         for v in videos:
             bar.update(task, description=f"detecting {v.name}")
@@ -414,7 +414,8 @@ def _fps(videos: list[Video]) -> float | None:
     return next((v.source.fps for v in videos if v.source.fps), None)
 
 
-def _progress_bar(enabled: bool) -> Progress:
+def progress_bar(enabled: bool) -> Progress:
+    """The Rich progress bar of detection, calibration and evaluation (a no-op when disabled)."""
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         disable=not enabled,

@@ -22,7 +22,7 @@ from oddframe.config import Config, save_config
 from oddframe.data.layouts import Video, load_dataset
 from oddframe.detect import (
     Detector,
-    _progress_bar,
+    progress_bar,
     detector_for,
     display_frame,
     postprocess,
@@ -39,12 +39,13 @@ from oddframe.errors import ConfigError
 from oddframe.metrics import PixelAUROC, summarise
 from oddframe.runs import CALIBRATION, HISTORY, load_run, write_json
 from oddframe.train import frame_transform
-from oddframe.thresholds import Calibration, calibrate_threshold, false_positive_rate, split_holdout
+from oddframe.thresholds import calibrate as calibrate_split
+from oddframe.thresholds import false_positive_rate
 
 
 def _raw_scores(detector: Detector, videos: list[Video], config: Config, progress: bool) -> list[np.ndarray]:
     out = []
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("scoring normal frames", total=sum(len(v.source) // config.data.sample_interval for v in videos))
         for v in videos:
             scores = []
@@ -59,7 +60,7 @@ def _prepared_scores(detector: Detector, path: str | Path, config: Config, progr
     """Raw frame scores of every clip a prepared folder lets training use (each clip scored on its own)."""
     dataset = prepared_dataset(path, clip_length=config.data.clip_length, transform=frame_transform(config))
     out = []
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("scoring prepared clips", total=len(dataset))
         for i in range(len(dataset)):
             clip = dataset[i]
@@ -111,11 +112,9 @@ def calibrate(
     n = sum(len(s) for s in final)
     # Blocks of up to 50 consecutive frames (neighbours are near-copies), at least ~10 blocks on small sets.
     block = max(1, min(50, n // 10))
-    calib, held = split_holdout(final, holdout_fraction=th.holdout_fraction, seed=config.train.seed, block=block)
-    threshold = calibrate_threshold(calib, method=th.method, q=th.q, k=th.k)
-    result = Calibration(
-        method=th.method, q=th.q, k=th.k, threshold=float(threshold), n_calib=len(calib), n_heldout=len(held),
-        heldout_fpr=float(false_positive_rate(held, threshold)),
+    result = calibrate_split(
+        final, method=th.method, q=th.q, k=th.k, holdout_fraction=th.holdout_fraction, seed=config.train.seed,
+        block=block,
     ).to_dict()
     result.update({"reference": reference, "normal_frames": source, "data": str(path)})
     write_json(result, run_dir / CALIBRATION)
@@ -174,7 +173,7 @@ def evaluate(
     labels_all, scores_all, rows = [], [], []
     counter = 0
     t0 = time.perf_counter()
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("evaluating", total=sum(len(v.source) // config.data.sample_interval for v in tests))
         for v in tests:
             bar.update(task, description=f"evaluating {v.name}")
