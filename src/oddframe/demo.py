@@ -7,11 +7,10 @@ frames, evaluates on the test sequences and writes a report folder with metrics,
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from oddframe.config import load_config
 from oddframe.evaluate import calibrate, evaluate
@@ -61,8 +60,6 @@ def run_demo(
     config = load_config(demo_config_path(), sets)
     run = out / "run"
     if run.exists():
-        import shutil
-
         shutil.rmtree(run)
     train(config, run, progress=progress)
     calibrate(run, progress=progress)

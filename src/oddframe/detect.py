@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from oddframe.data.layouts import Video, open_input
 from oddframe.data.loading import TransformedFrame, iter_frames
 from oddframe.errors import CheckpointError
 from oddframe.models.base import AnomalyModel
+from oddframe.naming import safe_name
 from oddframe.runs import CALIBRATION, load_run, read_json
 from oddframe.scoring import MapAccumulator, frame_scores, normalise_scores, smooth_scores
 from oddframe.train import frame_transform
@@ -403,11 +403,6 @@ def resize_map(amap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if amap.shape == (h, w):
         return amap
     return cv2.resize(amap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def safe_name(name: str) -> str:
-    """A file-name-safe version of a video name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "video"
 
 
 def _fps(videos: list[Video]) -> float | None:

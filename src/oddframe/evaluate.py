@@ -29,13 +29,13 @@ from oddframe.detect import (
     read_calibration,
     render_kwargs,
     resize_map,
-    safe_name,
     stream_video,
     write_scores_csv,
 )
 from oddframe.data.loading import TransformedFrame
 from oddframe.data.prepared import is_prepared, prepared_dataset
 from oddframe.errors import ConfigError
+from oddframe.naming import safe_name
 from oddframe.metrics import PixelAUROC, summarise
 from oddframe.runs import CALIBRATION, HISTORY, load_run, write_json
 from oddframe.train import frame_transform

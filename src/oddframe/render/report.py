@@ -2,7 +2,7 @@
 
 ``write_report(folder)`` reads what the evaluator wrote into ``folder`` (``metrics.json``, ``scores.csv``,
 ``config.yaml``, ``history.csv``, ``top/top.json`` with its PNGs, ``anomaly.mp4``), draws the plots that are
-missing (``loss.png``, ``roc.png``, ``scores_<video>.png``, the names the evaluator uses) and writes
+missing (``loss.png``, ``roc.png``, ``scores.png``: a panel per video, or all videos end to end when there are many) and writes
 ``report.html``. The page works offline and when the folder is moved: inline CSS, no scripts, no fonts,
 images and video linked by relative paths. Every piece is optional; a run without labels simply has no ROC.
 """
@@ -13,7 +13,6 @@ import csv
 import html
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,11 +57,6 @@ img,video{max-width:100%;height:auto;border:1px solid #d8dce1;background:#000}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:1rem}
 pre{background:#f1f3f5;padding:.8rem;overflow:auto;font-size:.85rem}.note{color:#8a5a00}
 """
-
-
-def safe_name(name: str) -> str:
-    """A file-name-safe video name; the same rule as :func:`oddframe.detect.safe_name` for ``scores_*.png``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "video"
 
 
 @dataclass
