@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from oddframe.data.layouts import open_input
-from oddframe.detect import detector_for, stream_video
+from oddframe.pipeline.engine import detector_for, stream_video
 from oddframe.runs import load_run
 
 

@@ -8,7 +8,8 @@ import torch
 
 from oddframe.data.clips import Batch
 from oddframe.data.loading import TransformedFrame
-from oddframe.detect import Detector, NpyWriter
+from oddframe.pipeline.engine import Detector
+from oddframe.pipeline.outputs import NpyWriter
 from oddframe.models.base import AnomalyModel
 
 

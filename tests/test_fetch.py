@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from oddframe.cli import app
 from oddframe.errors import OddframeError
-from oddframe.fetch import build_sdo_query, fetch_sdo
+from oddframe.curation.fetch import build_sdo_query, fetch_sdo
 
 
 def test_build_sdo_query_normalises_the_request() -> None:

@@ -19,7 +19,7 @@ from oddframe.data.clips import window_starts
 from oddframe.data.fits import FitsSource
 from oddframe.data.synthetic import write_synthetic_dataset
 from oddframe.errors import ConfigError, OddframeError
-from oddframe.prep import PrepOptions, format_summary, options_from_config, prepare
+from oddframe.curation.prep import PrepOptions, format_summary, options_from_config, prepare
 from helpers.media import h264_or_mpeg4, moving_square, write_image, write_video
 from test_fits_solar import FLARE, GAP_AFTER, MOSTLY_NAN, N_FRAMES, solar_series, solar_tar
 

@@ -21,8 +21,8 @@ from oddframe.data.clips import collate
 from oddframe.data.prepared import decode_clip, encode_clip, is_prepared, prepared_dataset
 from oddframe.data.transforms import FrameTransform
 from oddframe.errors import ConfigError, OddframeError, SourceError
-from oddframe.prep import prepare
-from oddframe.review import clip_statistics, contact_sheet, flag_outliers, review, robust_z
+from oddframe.curation.prep import prepare
+from oddframe.curation.review import clip_statistics, contact_sheet, flag_outliers, review, robust_z
 from test_fits_solar import solar_series
 from test_prep import N_CLIPS, solar_options
 
@@ -199,7 +199,7 @@ def test_contact_sheet_layout() -> None:
 
 def test_train_from_a_prepared_folder(prepared: Path, tmp_path: Path) -> None:
     pytest.importorskip("lightning_fabric")
-    from oddframe import train as train_module
+    from oddframe.pipeline import train as train_module
 
     review(prepared, progress=False)
     overrides = ["model.name=conv3d_ae", "model.params.width=0.125", "data.size=[32,32]", "data.clip_length=4",
@@ -213,7 +213,7 @@ def test_train_from_a_prepared_folder(prepared: Path, tmp_path: Path) -> None:
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert len(history) == 2 and history[1].split(",")[1] == "2"
     # Calibration scores the clips the review kept.
-    from oddframe.evaluate import calibrate
+    from oddframe.pipeline.calibrate import calibrate
 
     cal = calibrate(tmp_path / "run", progress=False)
     assert math.isfinite(cal["threshold"]) and cal["n_calib"] + cal["n_heldout"] == 9 * 4

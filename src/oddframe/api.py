@@ -17,11 +17,12 @@ from oddframe.config import Config, load_config
 from oddframe.data.layouts import load_dataset, open_input
 from oddframe.data.sources import open_source
 from oddframe.data.synthetic import write_synthetic_dataset
-from oddframe.detect import detect
-from oddframe.evaluate import calibrate, evaluate
+from oddframe.pipeline.detect import detect
+from oddframe.pipeline.calibrate import calibrate
+from oddframe.pipeline.evaluate import evaluate
 from oddframe.registry import build_model, list_models
 from oddframe.runs import load_run
-from oddframe.train import train
+from oddframe.pipeline.train import train
 
 __all__ = [
     "Config",

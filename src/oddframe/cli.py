@@ -247,8 +247,8 @@ def prep(
 ) -> None:
     """Turn raw input into clips ready for training (with index.csv, prep.json) and a movie of it."""
     from oddframe.config import load_config
-    from oddframe.data.prep_inputs import is_fits_input
-    from oddframe.prep import format_summary, options_from_config, prepare
+    from oddframe.curation.inputs import is_fits_input
+    from oddframe.curation.prep import format_summary, options_from_config, prepare
 
     cfg = load_config(config, list(set_ or []))
     options = options_from_config(cfg.data, fits=is_fits_input(input_path), normalise_exposure=exposure,
@@ -270,7 +270,7 @@ def review(
     sheet_rows: int = typer.Option(12, help="Clips per contact sheet."),
 ) -> None:
     """Set unusual clips aside (robust z-scores of intensity statistics) and record manual decisions."""
-    from oddframe.review import review as run_review
+    from oddframe.curation.review import review as run_review
 
     def ids(values: Optional[List[str]]) -> list[str]:
         return [i.strip() for v in values or [] for i in v.split(",") if i.strip()]
@@ -304,7 +304,7 @@ def fetch_sdo(
     max_conn: int = typer.Option(4, help="Parallel downloads."),
 ) -> None:
     """Download SDO images through SunPy's Fido (needs: pip install 'oddframe[sdo]')."""
-    from oddframe.fetch import fetch_sdo as run_fetch
+    from oddframe.curation.fetch import fetch_sdo as run_fetch
 
     result = run_fetch(out, instrument=instrument, wavelength=wavelength, start=start, end=end, cadence=cadence,
                        max_conn=max_conn)

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from oddframe.config import load_config
-from oddframe.evaluate import calibrate, evaluate
+from oddframe.pipeline.calibrate import calibrate
+from oddframe.pipeline.evaluate import evaluate
 from oddframe.data.synthetic import write_synthetic_dataset
-from oddframe.train import train
+from oddframe.pipeline.train import train
 
 #: Synthetic data of the demo: the seed task's sequences (length 4, 64x64, 3rd frame zeroed at test time).
 #: Many short normal sequences: an autoencoder that has seen more distinct normal motions generalises less to

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -24,6 +21,7 @@ from safetensors.torch import load_file, save_file
 import oddframe
 from oddframe.config import Config, load_config, save_config
 from oddframe.errors import CheckpointError
+from oddframe.files import atomic_write, write_json
 from oddframe.models.base import AnomalyModel
 from oddframe.registry import build_model
 
@@ -33,19 +31,6 @@ STATE = "state.pt"
 HISTORY = "history.csv"
 CALIBRATION = "calibration.json"
 HISTORY_FIELDS = ["epoch", "step", "loss", "lr", "seconds"]
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
@@ -132,29 +117,15 @@ def write_history(rows: list[dict[str, float]], run_dir: Path) -> None:
     atomic_write(Path(run_dir) / HISTORY, write)
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:  # numpy / torch scalars
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def write_json(data: dict[str, Any], path: Path) -> None:
-    """Write JSON atomically; NaN and infinities become null, numpy scalars plain numbers."""
-    text = json.dumps(_json_safe(data), indent=2)
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
 def read_json(path: Path) -> dict[str, Any]:
     """Read a JSON file written by oddframe; a CheckpointError names a broken file."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: cannot read ({exc})") from None
+
+
+def read_calibration(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's ``calibration.json`` (threshold and reference statistics), or None if not calibrated."""
+    path = Path(run_dir) / CALIBRATION
+    return read_json(path) if path.is_file() else None

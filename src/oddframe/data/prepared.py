@@ -15,7 +15,7 @@ float16 to halve the size (the ``[-1, 1]`` data needs no more: float16 resolves 
 8-bit grey level), and as plain ``.npy`` read with ``allow_pickle=False``, so nothing is ever unpickled.
 Invalid pixels (NaN in FITS, padding) are stored as NaN, so one file holds both frames and valid mask.
 
-This module owns the format: :mod:`oddframe.prep` and :mod:`oddframe.review` write through it and
+This module owns the format: :mod:`oddframe.curation.prep` and :mod:`oddframe.curation.review` write through it and
 :func:`prepared_dataset` reads it for training.
 """
 
@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from oddframe.data.clips import Clip, pad_or_crop
 from oddframe.data.transforms import FrameTransform
 from oddframe.errors import ConfigError, SourceError
-from oddframe.runs import atomic_write
+from oddframe.files import atomic_write, write_json
 
 FORMAT = "oddframe-prepared"
 FORMAT_VERSION = 1
@@ -185,11 +185,6 @@ def clip_file_ok(path: Path, shape: tuple[int, ...]) -> bool:
 # ------------------------------------------------------------------------------- prep.json and index
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (indented, for people)."""
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
-
-
 def read_prep(folder: str | Path) -> dict[str, Any]:
     """The ``prep.json`` of a prepared folder.
 
@@ -316,7 +311,7 @@ def write_decisions(folder: str | Path, decisions: Decisions, *, when: str) -> N
         "manual": dict(sorted(decisions.manual.items())),
         "automatic": {"limit": decisions.limit, "set_aside": dict(sorted(decisions.automatic.items()))},
     }
-    write_json(Path(folder) / DECISIONS_FILE, data)
+    write_json(data, Path(folder) / DECISIONS_FILE)
 
 
 # ------------------------------------------------------------------------------------------- training

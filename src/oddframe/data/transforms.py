@@ -14,6 +14,7 @@ astropy.visualization's ``LogStretch(a=1000)`` and ``AsinhStretch(a=0.1)``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -240,3 +241,26 @@ class FrameTransform:
             out = np.repeat(out, 3, axis=2)  # grey -> colour by repetition
         out[~valid] = -1.0
         return np.ascontiguousarray(rearrange(out, "h w c -> c h w")), valid
+
+
+class _InputSettings(Protocol):
+    """The settings that decide a model input (the config's data section; prep's options carry the same)."""
+
+    size: tuple[int, int]
+    channels: int
+    scaling: str
+    percentiles: tuple[float, float]
+    stretch: str
+
+
+def frame_transform(data: _InputSettings) -> FrameTransform:
+    """The one raw-frame -> model-input transform of a run, used alike by training, detection and prep.
+
+    Args:
+        data: the config's data section (:class:`oddframe.config.DataConfig`) or anything with its ``size``,
+            ``channels``, ``scaling``, ``percentiles`` and ``stretch``.
+    """
+    return FrameTransform(
+        size=tuple(data.size), channels=data.channels, scaling=data.scaling, percentiles=tuple(data.percentiles),
+        stretch=data.stretch,
+    )

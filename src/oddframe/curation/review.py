@@ -28,12 +28,12 @@ from typing import Any, Iterable, Sequence
 
 import cv2
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from oddframe.data import prepared as fmt
 from oddframe.errors import OddframeError, SourceError
 from oddframe.render.overlay import frame_to_rgb
-from oddframe.runs import atomic_write
+from oddframe.files import atomic_write
+from oddframe.progress import progress_bar
 
 #: Statistics of the scaled clip (in [-1, 1]) and of its raw intensities (from index.csv), in review.csv order.
 CLIP_STATISTICS = ("mean", "std", "max", "saturated_fraction", "invalid_fraction")
@@ -201,8 +201,7 @@ def review(
     _check_ids(folder, exclude | include | forget, [r.clip for r in records])
 
     stats: dict[str, list[float]] = {s: [] for s in STATISTICS}
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("reviewing clips", total=len(records))
         for r in records:
             frames, valid = _load(folder, r)

@@ -1,35 +1,31 @@
-"""Run a trained model over any source, window by window, streaming with bounded memory.
+"""The streaming engine: a trained model over any frame stream, window by window, with bounded memory.
 
 Windows of ``clip_length`` frames start every ``stride`` frames (the last one aligned to the end); each frame's
 map is aggregated over the windows that cover it (max or mean) and scored by :mod:`oddframe.scoring` as soon as
 no later window can cover it, so memory holds at most one batch of windows whatever the length of the input.
+Every task that scores frames (calibrate, detect, evaluate) runs this engine, so they all report what a user of
+``oddframe detect`` gets.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
-import cv2
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from oddframe.config import Config
 from oddframe.data.clips import Clip, collate
-from oddframe.data.layouts import Video, open_input
+from oddframe.data.layouts import Video
 from oddframe.data.loading import TransformedFrame, iter_frames
+from oddframe.data.transforms import frame_transform
 from oddframe.errors import CheckpointError
 from oddframe.models.base import AnomalyModel
-from oddframe.naming import safe_name
-from oddframe.runs import CALIBRATION, load_run, read_json
 from oddframe.scoring import MapAccumulator, frame_scores, normalise_scores, smooth_scores
-from oddframe.train import frame_transform
 
 
 @dataclass
@@ -210,7 +206,7 @@ class Detector:
             yield FrameResult(video, f.index, f.time, score, amap.astype(np.float32), f.data, f.valid, f.raw)
 
 
-# --- From a run folder and an input path to files -------------------------------------------------------------
+# --- From a run's config to a detector and a scored stream ---------------------------------------------------
 
 
 def detector_for(model: AnomalyModel, config: Config, *, device: torch.device | str | None = None) -> Detector:
@@ -230,7 +226,7 @@ def stream_video(detector: Detector, video: Video, config: Config, *, keep_raw: 
     """Score one video of a dataset frame by frame."""
     frames = iter_frames(
         video.source,
-        frame_transform(config),
+        frame_transform(config.data),
         sample_interval=config.data.sample_interval,
         sample_interval_sec=config.data.sample_interval_sec,
         keep_raw=keep_raw,
@@ -255,171 +251,3 @@ def postprocess(scores: np.ndarray, config: Config, reference: dict[str, float] 
         # (population) std, which is all the z-score of normalise_scores uses.
         ref = np.asarray([reference["mean"] - reference["std"], reference["mean"] + reference["std"]])
     return normalise_scores(s, config.score.normalise, reference=ref)
-
-
-class NpyWriter:
-    """Append ``(H, W)`` frames to a ``.npy`` file of shape ``(T, H, W)`` without holding them in memory.
-
-    The header is written with room to spare and rewritten with the final frame count on close.
-    """
-
-    _HEADER = 128  # bytes reserved for the .npy header (version 1.0 allows any multiple of 64)
-
-    def __init__(self, path: Path, dtype: str = "float16") -> None:
-        self.path, self.dtype, self.count, self.shape = Path(path), np.dtype(dtype), 0, None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = self.path.open("wb")
-        self._f.write(b"\0" * self._HEADER)
-
-    def append(self, frame: np.ndarray) -> None:
-        if self.shape is None:
-            self.shape = frame.shape
-        self._f.write(np.ascontiguousarray(frame, dtype=self.dtype).tobytes())
-        self.count += 1
-
-    def close(self) -> None:
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                  "shape": (self.count, *(self.shape or (0, 0)))}
-        text = repr(header).encode("latin1")
-        pad = self._HEADER - 10 - len(text) - 1
-        self._f.seek(0)
-        self._f.write(b"\x93NUMPY\x01\x00" + (self._HEADER - 10).to_bytes(2, "little") + text + b" " * pad + b"\n")
-        self._f.close()
-
-
-@dataclass
-class DetectSummary:
-    """What :func:`detect` wrote and how fast it ran."""
-
-    out: Path
-    n_videos: int
-    n_frames: int
-    timing: dict[str, float]
-    threshold: float | None
-
-
-def detect(
-    run_dir: str | Path,
-    input_path: str | Path,
-    out: str | Path,
-    *,
-    overrides: tuple[str, ...] | list[str] = (),
-    maps: bool = False,
-    video: str | Path | None = None,
-    progress: bool = True,
-    device: str | None = None,
-) -> DetectSummary:
-    """Score every frame of ``input_path`` (any source or dataset; a dataset's test split) with a trained run.
-
-    Writes ``scores.csv`` (video, frame, time, score, flagged), with ``maps=True`` the anomaly maps as
-    ``maps/<video>.npy`` (float16, ``(T, H, W)`` at model resolution), and with ``video`` an MP4 of the frames
-    beside their anomaly heatmaps.
-    """
-    from oddframe.render.video import AnomalyVideoWriter
-
-    model, config = load_run(run_dir, overrides=overrides)
-    calibration = read_calibration(run_dir)
-    dataset = open_input(input_path)
-    videos = dataset.test or dataset.train
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    detector = detector_for(model, config, device=device)
-    threshold = calibration.get("threshold") if calibration else None
-    writer = None
-    if video is not None:
-        writer = AnomalyVideoWriter(Path(video), fps=config.render.fps or _fps(videos) or 10.0, **render_kwargs(config, model))
-    rows: list[dict] = []
-    n_frames = 0
-    with progress_bar(progress) as bar:
-        task = bar.add_task("detecting", total=sum(len(v.source) // config.data.sample_interval for v in videos))
-        for v in videos:
-            bar.update(task, description=f"detecting {v.name}")
-            map_writer = NpyWriter(out / "maps" / f"{safe_name(v.name)}.npy") if maps else None
-            idx, times, raw_scores = [], [], []
-            for r in stream_video(detector, v, config, keep_raw=writer is not None):
-                idx.append(r.index)
-                times.append(r.time)
-                raw_scores.append(r.score)
-                if map_writer is not None:
-                    map_writer.append(r.amap)
-                if writer is not None:
-                    t0 = time.perf_counter()
-                    shown = display_frame(r)
-                    writer.write(shown, resize_map(r.amap, shown.shape[-2:]), title=f"{v.name} #{r.index}")
-                    detector.timing.extra["render"] = detector.timing.extra.get("render", 0.0) + time.perf_counter() - t0
-                bar.advance(task)
-            if map_writer is not None:
-                map_writer.close()
-            scores = postprocess(np.asarray(raw_scores), config, calibration.get("reference") if calibration else None)
-            for i, t, s in zip(idx, times, scores):
-                rows.append({"video": v.name, "frame": i, "time": "" if t is None else f"{t:.6f}", "score": float(s),
-                             "flagged": "" if threshold is None else int(s > threshold)})
-            n_frames += len(idx)
-    if writer is not None:
-        writer.close()
-    write_scores_csv(rows, out / "scores.csv", ["video", "frame", "time", "score", "flagged"])
-    return DetectSummary(out, len(videos), n_frames, detector.timing.as_dict(), threshold)
-
-
-# --- small helpers shared with evaluation -------------------------------------------------------------------------
-
-
-def read_calibration(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's ``calibration.json`` (threshold and reference statistics), or None if not calibrated."""
-    path = Path(run_dir) / CALIBRATION
-    return read_json(path) if path.is_file() else None
-
-
-def render_kwargs(config: Config, model: AnomalyModel) -> dict[str, Any]:
-    """Keyword arguments of :class:`~oddframe.render.video.AnomalyVideoWriter` from the render section."""
-    r = config.render
-    return {
-        "map_power": getattr(model, "map_power", 2),
-        "mode": r.mode,
-        "style": r.style,
-        "frame_scale": r.frame_scale,
-        "frame_cmap": r.frame_cmap,
-        "vmax": r.vmax,
-        "threshold_low": r.threshold_low,
-        "threshold_high": r.threshold_high,
-    }
-
-
-def display_frame(r: FrameResult) -> np.ndarray:
-    """The frame to show: the original (scaled to ``[-1, 1]``) when kept, else the model input; ``(C, H, W)``."""
-    if r.raw is None:
-        return r.frame
-    raw = r.raw.astype(np.float32)
-    if r.raw.dtype == np.uint8:
-        raw = raw / 127.5 - 1.0
-    else:  # float or 16-bit data: the model input's scaling is per frame, so show the model input instead
-        return r.frame
-    return raw[None] if raw.ndim == 2 else np.moveaxis(raw, -1, 0)
-
-
-def resize_map(amap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize an ``(h, w)`` map to ``shape`` (H, W) bilinearly (no-op when equal)."""
-    h, w = shape
-    if amap.shape == (h, w):
-        return amap
-    return cv2.resize(amap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def _fps(videos: list[Video]) -> float | None:
-    return next((v.source.fps for v in videos if v.source.fps), None)
-
-
-def progress_bar(enabled: bool) -> Progress:
-    """The Rich progress bar of detection, calibration and evaluation (a no-op when disabled)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not enabled,
-    )
-
-
-def write_scores_csv(rows: list[dict[str, Any]], path: Path, fields: list[str]) -> None:
-    """Write frame scores as CSV with the given columns."""
-    with Path(path).open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)

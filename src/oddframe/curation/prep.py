@@ -27,16 +27,17 @@ from typing import Any
 
 import cv2
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import oddframe
 from oddframe.config import DataConfig
 from oddframe.data import prepared as fmt
 from oddframe.data.fits import FitsSource, cadence_gaps, exposure_seconds
-from oddframe.data.prep_inputs import fingerprint, iter_frames_skipping, open_prep_inputs, video_ids
 from oddframe.data.sources import Frame, FrameSource
-from oddframe.data.transforms import FrameTransform
+from oddframe.data.transforms import FrameTransform, frame_transform
+from oddframe.curation.inputs import fingerprint, iter_frames_skipping, open_prep_inputs, video_ids
 from oddframe.errors import ConfigError, OddframeError
+from oddframe.files import write_json
+from oddframe.progress import progress_bar
 from oddframe.render.overlay import frame_to_rgb
 from oddframe.render.video import AnomalyVideoWriter
 
@@ -86,9 +87,8 @@ class PrepOptions:
             raise ValueError(f"movie_fps must be > 0, got {self.movie_fps}")
 
     def transform(self) -> FrameTransform:
-        """The frame transform of the clips (the one ``train.frame_transform`` builds from the same settings)."""
-        return FrameTransform(size=tuple(self.size), channels=self.channels, scaling=self.scaling,
-                              percentiles=tuple(self.percentiles), stretch=self.stretch)
+        """The frame transform of the clips: the same one training and detection build from the same settings."""
+        return frame_transform(self)
 
     def settings(self) -> dict[str, Any]:
         """JSON-able settings that determine the clips (movie settings left out): a resumed run must match them."""
@@ -189,7 +189,7 @@ def prepare(
     movie = _Movie(out / PARTIAL_MOVIE, fps=options.movie_fps, max_side=options.movie_max_side)
     ids = video_ids([name for name, _ in inputs])
     try:
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             for (name, source), vid in zip(inputs, ids):
                 task = bar.add_task(name, total=len(source))
                 records += _prepare_video(name, vid, source, out, options, tally, movie,
@@ -206,7 +206,7 @@ def prepare(
     if prep is not None:
         fmt.write_index(out, records)
         prep.update(status="complete", updated=_now(), summary=summary)
-        fmt.write_json(out / fmt.PREP_FILE, prep)
+        write_json(prep, out / fmt.PREP_FILE)
     return PrepResult(out, summary, movie_path if movie.n_frames else None)
 
 
@@ -237,7 +237,7 @@ def _start(out: Path, input_path: str | Path, inputs: list[tuple[str, FrameSourc
                   "kinds": sorted({s.kind for _, s in inputs}), "fingerprint": identity},
         "settings": settings, "config": config, "summary": None,
     }
-    fmt.write_json(out / fmt.PREP_FILE, prep)
+    write_json(prep, out / fmt.PREP_FILE)
     return prep
 
 
@@ -433,7 +433,3 @@ def _duration(seconds: float) -> str:
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), disable=not enabled)

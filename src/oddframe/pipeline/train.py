@@ -14,7 +14,6 @@ from typing import Callable
 
 import torch
 from lightning_fabric import Fabric
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
 from oddframe import runs
@@ -24,8 +23,9 @@ from oddframe.data.clips import Batch, collate
 from oddframe.data.layouts import load_dataset
 from oddframe.data.loading import VideoFrames, WindowDataset, load_video_frames
 from oddframe.data.prepared import is_prepared, prepared_dataset
-from oddframe.data.transforms import FrameTransform
+from oddframe.data.transforms import frame_transform
 from oddframe.errors import CheckpointError, ConfigError
+from oddframe.progress import progress_bar
 from oddframe.registry import build_model
 
 
@@ -38,14 +38,6 @@ class TrainResult:
     final_loss: float
     seconds: float
     train_frames_per_second: float
-
-
-def frame_transform(config: Config) -> FrameTransform:
-    """The frame transform described by the data section."""
-    d = config.data
-    return FrameTransform(
-        size=tuple(d.size), channels=d.channels, scaling=d.scaling, percentiles=tuple(d.percentiles), stretch=d.stretch
-    )
 
 
 def training_videos(config: Config, *, progress: bool = True) -> list[VideoFrames]:
@@ -62,9 +54,9 @@ def training_videos(config: Config, *, progress: bool = True) -> list[VideoFrame
         videos = videos[: len(videos) - config.data.holdout_videos]
     if not videos:
         raise ConfigError(f"{config.data.path}: the {dataset.layout} layout has no training videos")
-    transform = frame_transform(config)
+    transform = frame_transform(config.data)
     out = []
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("loading training videos", total=len(videos))
         for v in videos:
             out.append(
@@ -78,18 +70,6 @@ def training_videos(config: Config, *, progress: bool = True) -> list[VideoFrame
             )
             bar.advance(task)
     return out
-
-
-def _progress(enabled: bool) -> Progress:
-    """A Rich progress bar (a no-op when disabled) whose description carries loss and throughput."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
 
 
 def _precision(config: Config) -> str:
@@ -138,7 +118,7 @@ def train(
             config.data.path,
             clip_length=config.data.clip_length,
             augment=None if is_identity else augment,
-            transform=frame_transform(config),
+            transform=frame_transform(config.data),
         )
     else:
         if videos is None:
@@ -183,7 +163,7 @@ def train(
 
     frames_per_clip = config.data.clip_length
     t_start, frames_seen, mean_loss = time.perf_counter(), 0, float("nan")
-    with _progress(progress and fabric.is_global_zero) as bar:
+    with progress_bar(progress and fabric.is_global_zero) as bar:
         task = bar.add_task("training", total=(tc.epochs - start_epoch) * steps_per_epoch)
         for epoch in range(start_epoch, tc.epochs):
             model.train()
