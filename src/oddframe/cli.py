@@ -137,10 +137,16 @@ def train(
     overrides += [f"train.{k}={v}" for k, v in (("devices", devices), ("num_nodes", num_nodes), ("precision", precision)) if v]
     cfg = api.load_config(config, overrides)
     result = api.train(cfg, out, resume=resume)
-    out_console.print(
-        f"trained {cfg.model.name} for {result.epochs} epochs in {result.seconds:.1f} s "
-        f"({result.train_frames_per_second:.0f} frames/s), final loss {result.final_loss:.5g}; run in {out}"
-    )
+    if result.fitted_only:
+        out_console.print(
+            f"fitted {cfg.model.name} on the normal training footage in {result.seconds:.1f} s "
+            f"({result.train_frames_per_second:.0f} frames/s); run in {out}"
+        )
+    else:
+        out_console.print(
+            f"trained {cfg.model.name} for {result.epochs} epochs in {result.seconds:.1f} s "
+            f"({result.train_frames_per_second:.0f} frames/s), final loss {result.final_loss:.5g}; run in {out}"
+        )
     if calibrate_after:
         cal = api.calibrate(out)
         out_console.print(

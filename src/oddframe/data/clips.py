@@ -22,12 +22,14 @@ class Clip:
         valid: ``(1, T, H, W)`` bool.
         video: name of the video the clip comes from.
         frame_index: ``(T,)`` int64, the frame numbers in the video; ``-1`` marks padding.
+        extras: derived inputs by name (:mod:`oddframe.features`), each ``(C_k, T, H, W)`` float32.
     """
 
     frames: torch.Tensor
     valid: torch.Tensor
     video: str
     frame_index: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -39,18 +41,23 @@ class Batch:
         valid: ``(B, 1, T, H, W)`` bool.
         video: ``B`` video names.
         frame_index: ``(B, T)`` int64 frame numbers, ``-1`` for padded frames.
+        extras: derived inputs a model asked for (:attr:`AnomalyModel.requires`), by name, each
+            ``(B, C_k, T, H, W)`` float32 at the frames' resolution (e.g. ``"flow"``: ``C_k = 2``, dx and dy in
+            pixels from the previous frame).
     """
 
     frames: torch.Tensor
     valid: torch.Tensor
     video: list[str] = field(default_factory=list)
     frame_index: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
         """Copy of the batch with tensors on ``device`` (frames cast to ``dtype`` if given)."""
         frames = self.frames.to(device, dtype=dtype) if dtype else self.frames.to(device)
         index = self.frame_index.to(device) if self.frame_index is not None else None
-        return Batch(frames, self.valid.to(device), list(self.video), index)
+        extras = {k: v.to(device) for k, v in self.extras.items()}
+        return Batch(frames, self.valid.to(device), list(self.video), index, extras)
 
     @classmethod
     def from_frames(cls, frames: torch.Tensor, valid: torch.Tensor | None = None) -> "Batch":
@@ -111,18 +118,21 @@ def sample_by_interval(times: Sequence[float | None], interval_sec: float) -> li
 def pad_or_crop(clip: Clip, length: int) -> Clip:
     """Pad (repeating nothing: zeros, marked invalid) or crop ``clip`` to ``length`` frames.
 
-    Padded frames are ``-1`` (black in ``[-1, 1]``), ``valid=False`` and ``frame_index=-1``.
+    Padded frames are ``-1`` (black in ``[-1, 1]``), ``valid=False`` and ``frame_index=-1``; derived inputs are
+    padded with zeros.
     """
     c, t, h, w = clip.frames.shape
     if t == length:
         return clip
     if t > length:
-        return Clip(clip.frames[:, :length], clip.valid[:, :length], clip.video, clip.frame_index[:length])
+        extras = {k: v[:, :length] for k, v in clip.extras.items()}
+        return Clip(clip.frames[:, :length], clip.valid[:, :length], clip.video, clip.frame_index[:length], extras)
     pad = length - t
     frames = torch.cat([clip.frames, clip.frames.new_full((c, pad, h, w), -1.0)], dim=1)
     valid = torch.cat([clip.valid, clip.valid.new_zeros((1, pad, h, w))], dim=1)
     index = torch.cat([clip.frame_index, clip.frame_index.new_full((pad,), -1)])
-    return Clip(frames, valid, clip.video, index)
+    extras = {k: torch.cat([v, v.new_zeros((v.shape[0], pad, *v.shape[2:]))], dim=1) for k, v in clip.extras.items()}
+    return Clip(frames, valid, clip.video, index, extras)
 
 
 def collate(clips: Sequence[Clip], length: int | None = None) -> Batch:
@@ -131,11 +141,15 @@ def collate(clips: Sequence[Clip], length: int | None = None) -> Batch:
         raise ValueError("cannot collate an empty list of clips")
     length = length or max(c.frames.shape[1] for c in clips)
     fixed = [pad_or_crop(c, length) for c in clips]
+    names = set(fixed[0].extras)
+    if any(set(c.extras) != names for c in fixed):
+        raise ValueError("cannot collate clips with different derived inputs (extras)")
     return Batch(
         frames=torch.stack([c.frames for c in fixed]),
         valid=torch.stack([c.valid for c in fixed]),
         video=[c.video for c in fixed],
         frame_index=torch.stack([c.frame_index for c in fixed]),
+        extras={k: torch.stack([c.extras[k] for c in fixed]) for k in sorted(names)},
     )
 
 

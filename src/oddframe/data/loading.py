@@ -6,8 +6,8 @@ training videos once (:func:`load_video_frames`, float16) and cuts windows from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ class TransformedFrame:
         data: ``(C, H, W)`` float32 in ``[-1, 1]``.
         valid: ``(H, W)`` bool.
         raw: the untransformed frame data ``(H0, W0)`` or ``(H0, W0, C)``, kept only when asked for.
+        features: derived inputs by name (:mod:`oddframe.features`), each ``(C_k, H, W)`` float32.
     """
 
     index: int
@@ -36,6 +37,7 @@ class TransformedFrame:
     data: np.ndarray
     valid: np.ndarray
     raw: np.ndarray | None = None
+    features: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def iter_frames(
@@ -71,12 +73,26 @@ class VideoFrames:
         frames: ``(N, C, H, W)`` float16 in ``[-1, 1]``.
         valid: ``(N, H, W)`` bool.
         index: ``(N,)`` int64 frame numbers in the source.
+        extras: derived inputs by name, each ``(N, C_k, H, W)`` float16.
     """
 
     name: str
     frames: torch.Tensor
     valid: torch.Tensor
     index: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def stack_frames(name: str, items: Iterable[TransformedFrame], path: object = "") -> VideoFrames:
+    """Stack a stream of transformed frames (and their derived inputs) into one in-memory video, float16."""
+    items = list(items)
+    if not items:
+        raise ValueError(f"{path or name}: no frames")
+    frames = torch.from_numpy(np.stack([f.data for f in items])).to(torch.float16)
+    valid = torch.from_numpy(np.stack([f.valid for f in items]))
+    index = torch.as_tensor([f.index for f in items], dtype=torch.long)
+    extras = {k: torch.from_numpy(np.stack([f.features[k] for f in items])).to(torch.float16) for k in items[0].features}
+    return VideoFrames(name, frames, valid, index, extras)
 
 
 def load_video_frames(
@@ -88,13 +104,8 @@ def load_video_frames(
     sample_interval_sec: float | None = None,
 ) -> VideoFrames:
     """Decode, transform and stack all frames of ``source`` (float16 to halve memory)."""
-    items = list(iter_frames(source, transform, sample_interval=sample_interval, sample_interval_sec=sample_interval_sec))
-    if not items:
-        raise ValueError(f"{source.path}: no frames")
-    frames = torch.from_numpy(np.stack([f.data for f in items])).to(torch.float16)
-    valid = torch.from_numpy(np.stack([f.valid for f in items]))
-    index = torch.as_tensor([f.index for f in items], dtype=torch.long)
-    return VideoFrames(name, frames, valid, index)
+    items = iter_frames(source, transform, sample_interval=sample_interval, sample_interval_sec=sample_interval_sec)
+    return stack_frames(name, items, source.path)
 
 
 class WindowDataset(Dataset):
@@ -133,5 +144,6 @@ class WindowDataset(Dataset):
             valid=video.valid[sl].unsqueeze(0),
             video=video.name,
             frame_index=video.index[sl],
+            extras={k: v[sl].float().permute(1, 0, 2, 3) for k, v in video.extras.items()},
         )
         return self.augment(clip) if self.augment is not None else clip

@@ -6,6 +6,18 @@ A model is an ``nn.Module`` that takes a :class:`~oddframe.data.clips.Batch` (cl
 - ``training_loss(batch) -> Tensor``: a scalar to minimise on normal data;
 - ``anomaly_map(batch) -> Tensor``: ``(B, T, H, W)``, higher is more anomalous, finite at every valid pixel.
 
+Two optional extensions, both off by default so a plain autoencoder needs neither:
+
+- **Fitting** (the scikit-learn idea: ``fit`` on normal data, then score). A model whose state is estimated in
+  one pass over normal clips (densities, a Deep SVDD centre, statistics) implements ``fit(batches)`` and keeps
+  that state in buffers made with :meth:`AnomalyModel.register_fitted`, which go into ``model.safetensors`` with
+  the weights (never pickle) and may change shape when fitted or loaded. The trainer calls ``fit`` before epoch
+  :attr:`AnomalyModel.fit_before_epoch` (0 = before any gradient step); a model without trainable parameters is
+  only fitted.
+- **Derived inputs**. :meth:`AnomalyModel.derived_inputs` names per-frame inputs computed by
+  :mod:`oddframe.features` (e.g. optical flow), with their parameters; the stream computes each once per frame
+  and batches carry them in ``batch.extras``.
+
 The trainer, detector, evaluator and CLI see nothing else. Frame scores come from maps in
 :mod:`oddframe.scoring`, so every scoring rule works with every model.
 """
@@ -13,7 +25,7 @@ The trainer, detector, evaluator and CLI see nothing else. Frame scores come fro
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -39,6 +51,9 @@ class AnomalyModel(nn.Module, ABC):
     in_channels: int
     clip_length: int
     image_size: tuple[int, int]
+    #: Epoch (0-based) before which the trainer calls :meth:`fit` over the normal training clips; None = never.
+    #: An instance may set it from its parameters (Deep SVDD fits its centre after the autoencoder pretraining).
+    fit_before_epoch: int | None = None
 
     @abstractmethod
     def training_loss(self, batch: Batch) -> torch.Tensor:
@@ -51,6 +66,31 @@ class AnomalyModel(nn.Module, ABC):
     def reconstruct(self, batch: Batch) -> torch.Tensor | None:
         """What the model expected to see, ``(B, C, T, H, W)`` in ``[-1, 1]``, for display; None if it has no such notion."""
         return None
+
+    def derived_inputs(self) -> dict[str, dict[str, Any]]:
+        """Per-frame inputs this model needs besides the frames, ``{name: params}`` (names of
+        :data:`oddframe.features.FEATURES`); they arrive as ``batch.extras[name]`` ``(B, C_k, T, H, W)``."""
+        return {}
+
+    def fit(self, batches: Iterable[Batch]) -> None:
+        """Estimate fitted state from normal clips (one pass over ``batches``); models with ``fit_before_epoch``
+        set implement it."""
+        raise NotImplementedError(f"{self.model_name} has no fit step")
+
+    def register_fitted(self, name: str, value: torch.Tensor) -> None:
+        """Register a buffer of fitted state: saved with the weights, and free to change shape on fit and load."""
+        self.register_buffer(name, value)
+        self._fitted_names = getattr(self, "_fitted_names", set()) | {name}
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # Fitted buffers take the saved shape (a density bank's size is known only after fitting); everything
+        # else must match exactly, as nn.Module checks.
+        for name in getattr(self, "_fitted_names", ()):
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                current = getattr(self, name)
+                setattr(self, name, torch.empty(saved.shape, dtype=saved.dtype, device=current.device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
 
 def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from oddframe.data.loading import TransformedFrame
 from oddframe.data.prepared import is_prepared, prepared_dataset
 from oddframe.data.transforms import frame_transform
 from oddframe.errors import ConfigError
+from oddframe.features import with_features
 from oddframe.files import write_json
 from oddframe.pipeline.engine import Detector, detector_for, postprocess, stream_video
 from oddframe.progress import progress_bar
@@ -50,7 +51,8 @@ def _prepared_scores(detector: Detector, path: str | Path, config: Config, progr
                 TransformedFrame(int(idx), None, clip.frames[:, t].numpy(), clip.valid[0, t].numpy())
                 for t, idx in enumerate(clip.frame_index.tolist())
             ]
-            out.append(np.asarray([r.score for r in detector.run(frames, clip.video)], dtype=np.float64))
+            stream = with_features(frames, detector.model.derived_inputs())
+            out.append(np.asarray([r.score for r in detector.run(stream, clip.video)], dtype=np.float64))
             bar.advance(task)
     return out
 

@@ -24,6 +24,7 @@ from oddframe.data.layouts import Video
 from oddframe.data.loading import TransformedFrame, iter_frames
 from oddframe.data.transforms import frame_transform
 from oddframe.errors import CheckpointError
+from oddframe.features import with_features
 from oddframe.models.base import AnomalyModel
 from oddframe.scoring import MapAccumulator, frame_scores, normalise_scores, smooth_scores
 
@@ -182,7 +183,8 @@ class Detector:
             frames = torch.from_numpy(np.stack([f.data for f in window], axis=1))  # (C, T, H, W)
             valid = torch.from_numpy(np.stack([f.valid for f in window]))[None]
             positions = torch.arange(s, s + len(window))
-            clips.append(Clip(frames, valid, video, positions))
+            extras = {k: torch.from_numpy(np.stack([f.features[k] for f in window], axis=1)) for k in window[0].features}
+            clips.append(Clip(frames, valid, video, positions, extras))
         batch = collate(clips, self.clip_length).to(self.device)
         t0 = time.perf_counter()
         with torch.inference_mode(), self._autocast():
@@ -223,7 +225,7 @@ def detector_for(model: AnomalyModel, config: Config, *, device: torch.device | 
 
 
 def stream_video(detector: Detector, video: Video, config: Config, *, keep_raw: bool = False) -> Iterator[FrameResult]:
-    """Score one video of a dataset frame by frame."""
+    """Score one video of a dataset frame by frame (with the derived inputs its model asks for)."""
     frames = iter_frames(
         video.source,
         frame_transform(config.data),
@@ -231,7 +233,7 @@ def stream_video(detector: Detector, video: Video, config: Config, *, keep_raw: 
         sample_interval_sec=config.data.sample_interval_sec,
         keep_raw=keep_raw,
     )
-    return detector.run(frames, video.name)
+    return detector.run(with_features(frames, detector.model.derived_inputs()), video.name)
 
 
 def postprocess(scores: np.ndarray, config: Config, reference: dict[str, float] | None = None) -> np.ndarray:

@@ -10,7 +10,7 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from lightning_fabric import Fabric
@@ -21,10 +21,12 @@ from oddframe.config import Config
 from oddframe.data.augment import ClipAugment
 from oddframe.data.clips import Batch, collate
 from oddframe.data.layouts import load_dataset
-from oddframe.data.loading import VideoFrames, WindowDataset, load_video_frames
+from oddframe.data.loading import VideoFrames, WindowDataset, iter_frames, stack_frames
 from oddframe.data.prepared import is_prepared, prepared_dataset
 from oddframe.data.transforms import frame_transform
 from oddframe.errors import CheckpointError, ConfigError
+from oddframe.features import with_features
+from oddframe.models.base import AnomalyModel
 from oddframe.progress import progress_bar
 from oddframe.registry import build_model
 
@@ -38,10 +40,14 @@ class TrainResult:
     final_loss: float
     seconds: float
     train_frames_per_second: float
+    fitted_only: bool = False  #: fitted in one pass (no gradient training, no loss)
 
 
-def training_videos(config: Config, *, progress: bool = True) -> list[VideoFrames]:
-    """Load the normal training videos named by ``config.data.path`` (less the held-out ones) into memory."""
+def training_videos(
+    config: Config, *, progress: bool = True, features: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[VideoFrames]:
+    """Load the normal training videos named by ``config.data.path`` (less the held-out ones) into memory,
+    with the derived inputs ``features`` (``{name: params}``, see :mod:`oddframe.features`) of every frame."""
     if not config.data.path:
         raise ConfigError("data.path is not set: give the training data with --set data.path=FOLDER")
     dataset = load_dataset(config.data.path)
@@ -59,15 +65,13 @@ def training_videos(config: Config, *, progress: bool = True) -> list[VideoFrame
     with progress_bar(progress) as bar:
         task = bar.add_task("loading training videos", total=len(videos))
         for v in videos:
-            out.append(
-                load_video_frames(
-                    v.name,
-                    v.source,
-                    transform,
-                    sample_interval=config.data.sample_interval,
-                    sample_interval_sec=config.data.sample_interval_sec,
-                )
+            frames = iter_frames(
+                v.source,
+                transform,
+                sample_interval=config.data.sample_interval,
+                sample_interval_sec=config.data.sample_interval_sec,
             )
+            out.append(stack_frames(v.name, with_features(frames, features or {}), v.source.path))
             bar.advance(task)
     return out
 
@@ -110,9 +114,16 @@ def train(
     fabric.launch()
     fabric.seed_everything(tc.seed, verbose=False)
 
+    model = build_model(config.model.name, **config.model_kwargs())
+    features = model.derived_inputs()
     augment = ClipAugment(**tc.augment.model_dump(), seed=tc.seed)
     is_identity = not any(tc.augment.model_dump().values())
     if videos is None and config.data.path and is_prepared(config.data.path):
+        if features:
+            raise ConfigError(
+                f"model {config.model.name} needs derived inputs ({', '.join(features)}) that prepared folders do not "
+                f"carry: train it on the source footage (data.path={config.data.path} is a prepared folder)"
+            )
         # A folder from `oddframe prep` (and `review`): its clips, less those set aside.
         dataset = prepared_dataset(
             config.data.path,
@@ -122,7 +133,7 @@ def train(
         )
     else:
         if videos is None:
-            videos = training_videos(config, progress=progress and fabric.is_global_zero)
+            videos = training_videos(config, progress=progress and fabric.is_global_zero, features=features)
         dataset = WindowDataset(
             videos,
             clip_length=config.data.clip_length,
@@ -140,7 +151,9 @@ def train(
     )
     loader = fabric.setup_dataloaders(loader, move_to_device=False)
 
-    model = build_model(config.model.name, **config.model_kwargs())
+    if not any(p.requires_grad for p in model.parameters()):
+        # Fitted, not trained (density models): one pass over the normal clips, then the run is complete.
+        return _fit_only(model, dataset, config, run_dir, resume=resume, progress=progress and fabric.is_global_zero)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = len(loader) if tc.max_steps_per_epoch is None else min(len(loader), tc.max_steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, tc.epochs * steps_per_epoch))
@@ -166,6 +179,9 @@ def train(
     with progress_bar(progress and fabric.is_global_zero) as bar:
         task = bar.add_task("training", total=(tc.epochs - start_epoch) * steps_per_epoch)
         for epoch in range(start_epoch, tc.epochs):
+            module = model.module if hasattr(model, "module") else model
+            if module.fit_before_epoch == epoch:
+                _fit(module, dataset, config, fabric.device, bar)
             model.train()
             losses = []
             t_epoch = time.perf_counter()
@@ -254,7 +270,8 @@ def _log_images(writer, model, batch: Batch, step: int) -> None:
     module = model.module if hasattr(model, "module") else model
     was_training = module.training
     module.eval()
-    small = Batch(batch.frames[:4], batch.valid[:4], batch.video[:4], None if batch.frame_index is None else batch.frame_index[:4])
+    small = Batch(batch.frames[:4], batch.valid[:4], batch.video[:4],
+                  None if batch.frame_index is None else batch.frame_index[:4], {k: v[:4] for k, v in batch.extras.items()})
     recon = module.reconstruct(small)
     module.train(was_training)
     if recon is None:
@@ -263,3 +280,48 @@ def _log_images(writer, model, batch: Batch, step: int) -> None:
     grid = torch.cat([small.frames[:, :, t], recon[:, :, t].to(small.frames.dtype)], dim=0)  # (2B, C, H, W)
     grid = ((grid.float().clamp(-1, 1) + 1) / 2).cpu()
     writer.add_images("reconstruction/top_input_bottom_output", grid, step)
+
+
+def _fit_batches(dataset: Any, config: Config, device: torch.device | str) -> Iterator[Batch]:
+    """The training clips in order, without augmentation, in batches on ``device``: what ``fit`` sees."""
+    saved, dataset.augment = dataset.augment, None
+    try:
+        size, length = config.train.batch_size, config.data.clip_length
+        for start in range(0, len(dataset), size):
+            yield collate([dataset[i] for i in range(start, min(start + size, len(dataset)))], length).to(device)
+    finally:
+        dataset.augment = saved
+
+
+def _fit(model: AnomalyModel, dataset: Any, config: Config, device: torch.device | str, bar: Any) -> None:
+    """Call the model's fit step over every normal training clip, with a progress bar."""
+    task = bar.add_task(f"fitting {config.model.name}", total=len(dataset))
+    was_training = model.training
+    model.eval()
+
+    def advancing() -> Iterator[Batch]:
+        for batch in _fit_batches(dataset, config, device):
+            yield batch
+            bar.advance(task, len(batch))
+
+    with torch.no_grad():
+        model.fit(advancing())
+    model.train(was_training)
+
+
+def _fit_only(
+    model: AnomalyModel, dataset: Any, config: Config, run_dir: Path, *, resume: bool, progress: bool
+) -> TrainResult:
+    """Train a model that has no trainable parameters: fit it once, write the run (config, fitted state, history)."""
+    if resume:
+        raise CheckpointError(f"{run_dir}: {config.model.name} is fitted in one pass; there is nothing to resume")
+    t0 = time.perf_counter()
+    with progress_bar(progress) as bar:
+        _fit(model, dataset, config, "cpu", bar)
+    seconds = time.perf_counter() - t0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_config(config, run_dir)
+    runs.save_weights(model, run_dir / runs.WEIGHTS)
+    runs.write_history([{"epoch": 1, "step": 0, "loss": float("nan"), "lr": 0.0, "seconds": seconds}], run_dir)
+    frames = len(dataset) * config.data.clip_length
+    return TrainResult(run_dir, 1, float("nan"), seconds, frames / max(seconds, 1e-9), fitted_only=True)

@@ -1,0 +1,61 @@
+"""Derived inputs computed once per frame in the stream, for the models that ask for them.
+
+A model names what it needs in :meth:`~oddframe.models.base.AnomalyModel.derived_inputs` (``{"flow": {...}}``);
+the engine and the trainer wrap the frame stream in :func:`with_features`, which computes each derived input once
+per frame and attaches it to the frame (``TransformedFrame.features``); windows carry them to the model as
+``Batch.extras`` ``(B, C_k, T, H, W)``. A new derived input is a class with ``channels``, ``reset()`` and
+``__call__(frame) -> (C_k, H, W)`` registered in :data:`FEATURES`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
+
+import numpy as np
+
+from oddframe.data.loading import TransformedFrame
+from oddframe.features.flow import OpticalFlow
+
+
+class FeatureExtractor(Protocol):
+    """A per-video, possibly stateful computation of one derived input from the transformed frames."""
+
+    channels: int
+
+    def reset(self) -> None:
+        """Forget earlier frames (a new video starts)."""
+
+    def __call__(self, frame: TransformedFrame) -> np.ndarray:
+        """The derived input of ``frame``, ``(channels, H, W)`` float32 at the frame's resolution."""
+
+
+#: Registered derived inputs: name -> constructor taking the model's keyword parameters for it.
+FEATURES: dict[str, Callable[..., FeatureExtractor]] = {"flow": OpticalFlow}
+
+
+def make_extractors(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, FeatureExtractor]:
+    """One extractor per requested derived input; a ``ValueError`` lists the known names for an unknown one."""
+    unknown = sorted(set(specs) - set(FEATURES))
+    if unknown:
+        raise ValueError(f"unknown derived input(s) {', '.join(unknown)}; known: {', '.join(sorted(FEATURES))}")
+    return {name: FEATURES[name](**dict(params)) for name, params in specs.items()}
+
+
+def with_features(
+    frames: Iterable[TransformedFrame], specs: Mapping[str, Mapping[str, Any]]
+) -> Iterator[TransformedFrame]:
+    """Attach every requested derived input to each frame of one video's stream, computing each once per frame.
+
+    Args:
+        frames: the transformed frames of ONE video, in order (extractors such as optical flow keep the previous
+            frame, so a new video needs a new call).
+        specs: ``{name: params}``, e.g. ``{"flow": {"method": "dis", "preset": "medium"}}``; empty = pass through.
+    """
+    if not specs:
+        yield from frames
+        return
+    extractors = make_extractors(specs)
+    for frame in frames:
+        for name, extract in extractors.items():
+            frame.features[name] = extract(frame)
+        yield frame
