@@ -148,6 +148,12 @@ class ClipAugment:
         if seed is not None:
             self._generator = torch.Generator().manual_seed(seed)
 
+    def reseed(self, seed: int) -> None:
+        """Restart the private generator from ``seed`` (the trainer does so every epoch, so a resumed run draws the
+        same augmentations as an uninterrupted one); no effect without a private generator."""
+        if self._generator is not None:
+            self._generator.manual_seed(seed)
+
     def __repr__(self) -> str:
         return (
             f"ClipAugment(rotation_deg={self.rotation_deg}, hflip={self.hflip}, vflip={self.vflip}, "

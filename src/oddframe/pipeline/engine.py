@@ -182,9 +182,11 @@ class Detector:
             window = [buffer[p - first] for p in range(s, min(s + self.clip_length, first + len(buffer)))]
             frames = torch.from_numpy(np.stack([f.data for f in window], axis=1))  # (C, T, H, W)
             valid = torch.from_numpy(np.stack([f.valid for f in window]))[None]
-            positions = torch.arange(s, s + len(window))
+            # The model sees the frames' numbers in their source (as in training), not stream positions: they
+            # differ when frames are sampled (data.sample_interval > 1).
+            numbers = torch.as_tensor([f.index for f in window], dtype=torch.long)
             extras = {k: torch.from_numpy(np.stack([f.features[k] for f in window], axis=1)) for k in window[0].features}
-            clips.append(Clip(frames, valid, video, positions, extras))
+            clips.append(Clip(frames, valid, video, numbers, extras))
         batch = collate(clips, self.clip_length).to(self.device)
         t0 = time.perf_counter()
         with torch.inference_mode(), self._autocast():
@@ -193,10 +195,9 @@ class Detector:
             torch.cuda.synchronize()  # honest timing: kernels run asynchronously
         self.timing.model += time.perf_counter() - t0
         maps_np = maps.cpu().numpy()
-        index = batch.frame_index.cpu().numpy()
-        for b in range(len(starts)):
-            keep = index[b] >= 0
-            acc.add(index[b][keep], maps_np[b][keep])
+        for b, s in enumerate(starts):  # padded frames come last in a window: the first n are the real ones
+            n = min(self.clip_length, first + len(buffer) - s)
+            acc.add(np.arange(s, s + n), maps_np[b][:n])
 
     def _emit(self, acc: MapAccumulator, buffer: deque, first: int, before: int, video: str) -> Iterator[FrameResult]:
         for pos, amap in acc.pop_ready(before):

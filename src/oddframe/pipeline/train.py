@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from lightning_fabric import Fabric
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from oddframe import runs
 from oddframe.config import Config
@@ -74,6 +74,11 @@ def training_videos(
             out.append(stack_frames(v.name, with_features(frames, features or {}), v.source.path))
             bar.advance(task)
     return out
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's data order and augmentations: a function of the run's seed and the epoch alone."""
+    return (seed * 1_000_003 + epoch) % (2**63)
 
 
 def _precision(config: Config) -> str:
@@ -140,6 +145,9 @@ def train(
             stride=config.data.train_stride,
             augment=None if is_identity else augment,
         )
+    # The shuffling generator is reseeded at every epoch from (seed, epoch), as is the augmentation, so a resumed
+    # run sees exactly the data order and augmentations an uninterrupted run would have seen from that epoch on.
+    order = torch.Generator()
     loader = DataLoader(
         dataset,
         batch_size=tc.batch_size,
@@ -147,7 +155,7 @@ def train(
         num_workers=tc.num_workers,
         collate_fn=functools.partial(collate, length=config.data.clip_length),  # picklable for workers
         drop_last=len(dataset) > tc.batch_size,
-        generator=torch.Generator().manual_seed(tc.seed),
+        generator=order,
     )
     loader = fabric.setup_dataloaders(loader, move_to_device=False)
 
@@ -165,6 +173,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
+        if "rng" in state:  # the global generator (dropout, diffusion timesteps) continues where it stopped
+            torch.set_rng_state(state["rng"])
         history = runs.read_history(run_dir)
     model, optimizer = fabric.setup(model, optimizer)
 
@@ -179,6 +189,10 @@ def train(
     with progress_bar(progress and fabric.is_global_zero) as bar:
         task = bar.add_task("training", total=(tc.epochs - start_epoch) * steps_per_epoch)
         for epoch in range(start_epoch, tc.epochs):
+            order.manual_seed(epoch_seed(tc.seed, epoch))
+            augment.reseed(epoch_seed(tc.seed, epoch) + 1)
+            if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+                loader.sampler.set_epoch(epoch)
             module = model.module if hasattr(model, "module") else model
             if module.fit_before_epoch == epoch:
                 _fit(module, dataset, config, fabric.device, bar)
@@ -250,7 +264,8 @@ def _checkpoint(model, optimizer, scheduler, epoch: int, step: int, history: lis
     module = model.module if hasattr(model, "module") else model
     runs.save_weights(module, run_dir / runs.WEIGHTS)
     runs.save_state(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step},
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+         "rng": torch.get_rng_state()},
         run_dir / runs.STATE,
     )
     runs.write_history(history, run_dir)
