@@ -163,3 +163,26 @@ def test_inference_overrides_reach_the_model_and_architecture_changes_are_refuse
     assert config.score.rule == "l1"
     with pytest.raises(CheckpointError, match="do not fit"):
         api.load_run(run, overrides=["model.params.width=0.25"])
+
+
+class _Trap:
+    """Unpickling this object would create a file: the proof that a loader unpickled user data."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_refuses_a_booby_trapped_state_file(run, tmp_path):
+    trapped = tmp_path / "trapped"
+    trapped.mkdir()
+    for name in ("config.yaml", "model.safetensors", "history.csv"):
+        (trapped / name).write_bytes((run / name).read_bytes())
+    marker = tmp_path / "pwned"
+    torch.save({"epoch": 1, "step": 1, "optimizer": _Trap(str(marker))}, trapped / "state.pt")
+    config = api.load_config(trapped / "config.yaml")
+    with pytest.raises(CheckpointError, match="state.pt"):
+        api.train(config, trapped, resume=True, progress=False)
+    assert not marker.exists(), "the state file was unpickled"
