@@ -166,3 +166,51 @@ def test_summarise_is_json_able() -> None:
     }
     empty = summarise([np.zeros(3)], [np.zeros(3)])
     assert empty["frame_auroc_micro"] is None and empty["eer"] is None and empty["frame_auroc_macro"] is None
+
+
+# ------------------------------------------- hand cases for mutants that survived mutmut (docs/TESTING.md)
+def test_macro_auroc_without_any_two_class_video_counts_zero_videos() -> None:
+    auc, n = frame_auroc_macro([np.zeros(3), np.ones(2)], [np.arange(3.0), np.arange(2.0)])
+    assert math.isnan(auc) and n == 0
+
+
+def test_eer_crossing_on_the_first_segment_and_exactly_at_a_point() -> None:
+    # One tie over everything: the ROC is the single segment (0, 0) -> (1, 1); EER is interpolated at 0.5.
+    assert eer(np.array([0, 0, 1, 1]), np.array([0.3, 0.3, 0.3, 0.3])) == pytest.approx(0.5)
+    # Scores 1 > 0.9 (normal) > 0.5 (anomalous) > 0.1: the crossing lies exactly on the ROC point (0.5, 0.5).
+    assert eer(np.array([1, 0, 1, 0]), np.array([1.0, 0.9, 0.5, 0.1])) == pytest.approx(0.5)
+
+
+def test_pixel_auroc_bit_range_edges() -> None:
+    PixelAUROC(bits=12), PixelAUROC(bits=24)  # both ends allowed
+    for bad in (11, 25):
+        with pytest.raises(ValueError, match="bits"):
+            PixelAUROC(bits=bad)
+    acc = PixelAUROC()
+    acc.update(np.array([[[0.2, 0.9]]]), np.array([[[False, True]]]))
+    assert acc.compute() == 1.0
+    one = PixelAUROC()
+    one.update(np.array([[[0.2]]]), np.array([[[True]]]))  # one anomalous pixel and no normal one
+    assert math.isnan(one.compute())
+    one.update(np.array([[[0.1]]]), np.array([[[False]]]))  # one of each: defined
+    assert one.compute() == 1.0
+    acc.reset()
+    acc.update(np.array([[[0.5, 0.4]]]), np.array([[[False, True]]]))
+    assert acc.compute() == 0.0, "reset forgets every earlier pixel of both classes"
+
+
+def test_pixel_level_frames_without_valid_pixels_rank_lowest() -> None:
+    maps = np.array([[[0.3, 0.2]], [[0.9, 0.1]], [[5.0, 5.0]]])
+    masks = np.array([[[False, False]], [[True, False]], [[False, False]]])
+    valid = np.array([[[True, True]], [[True, True]], [[False, False]]])
+    scores, labels = pixel_level_frame_scores(maps, masks, valid)
+    assert scores[2] == -np.inf and not labels[2]  # the 5.0 is not a real pixel
+    np.testing.assert_allclose(scores[:2], [0.3, 0.9])
+    with pytest.raises(ValueError, match="coverage"):
+        pixel_level_frame_scores(maps, masks, coverage=0.0)
+    with pytest.raises(ValueError, match="coverage"):
+        pixel_level_frame_scores(maps, masks, coverage=1.5)
+    with pytest.raises(ValueError, match=r"\(T, H, W\)"):
+        pixel_level_frame_scores(maps, masks, valid[:2])
+    one_pixel = pixel_level_frame_scores(np.array([[[0.7, 0.2]]]), np.array([[[True, True]]]), coverage=0.1)[0]
+    assert one_pixel[0] == 0.7, "a small coverage needs one detected pixel: the largest value"
