@@ -142,3 +142,85 @@ def test_clipping_of_the_predicted_x0_changes_the_step():
     assert clipped["pred_xstart"].abs().max() <= 1.0
     unclipped = GaussianDiffusion(betas=betas, clip_denoised=False).ddim_step(_const(big), x_t.float(), t, cond)
     assert unclipped["pred_xstart"].abs().max() > 1.0
+
+
+# ------------------------------------------- hand cases for mutants that survived mutmut (docs/TESTING.md)
+def test_split_output_returns_the_eps_each_parametrisation_implies():
+    betas = beta_schedule("linear", 1000)
+    x_t, eps = _inputs()
+    _, _, a_bar, _ = _hand(betas, T)
+    x0 = (x_t - np.sqrt(1 - a_bar) * eps) / np.sqrt(a_bar)
+    t = torch.full((SHAPE[0],), T, dtype=torch.long)
+    for prediction, out in (("eps", eps), ("x0", x0), ("v", np.sqrt(a_bar) * eps - np.sqrt(1 - a_bar) * x0)):
+        d = GaussianDiffusion(betas=betas, prediction=prediction)
+        got_x0, got_eps = d.split_output(x_t.float(), t, out.float())
+        torch.testing.assert_close(got_x0.double(), x0, atol=5e-4, rtol=1e-4, msg=prediction)
+        torch.testing.assert_close(got_eps.double(), eps, atol=5e-4, rtol=1e-4, msg=prediction)
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_reverse_variances_at_the_first_steps(variance):
+    betas = beta_schedule("linear", 1000)
+    d = GaussianDiffusion(betas=betas, variance=variance, clip_denoised=False)
+    a_bar = np.cumprod(1.0 - betas)
+    post = betas[1:] * (1 - a_bar[:-1]) / (1 - a_bar[1:])  # posterior variance at t >= 1
+    x_t, eps = _inputs()
+    cond = torch.zeros(SHAPE[0], 2, *SHAPE[2:])
+    small = variance == "fixed_small"
+    # fixed_small: the posterior variance (0 at step 0, whose log is clipped to step 1's); fixed_large: beta_t,
+    # except at step 0, which takes the posterior variance of step 1 (improved-diffusion).
+    for step, expected, log_expected in ((0, 0.0 if small else post[0], np.log(post[0])),
+                                         (1, post[0] if small else betas[1], np.log(post[0] if small else betas[1])),
+                                         (2, post[1] if small else betas[2], np.log(post[1] if small else betas[2]))):
+        out = d.p_mean_variance(_const(eps), x_t.float(), torch.full((SHAPE[0],), step), cond)
+        assert float(out["variance"][0]) == pytest.approx(expected, rel=1e-5, abs=1e-12), (variance, step)
+        assert float(out["log_variance"][0]) == pytest.approx(log_expected, rel=1e-5), (variance, step)
+    assert d.respaced(10).variance == variance, "respacing keeps the variance choice"
+
+
+def test_ddpm_adds_noise_at_every_step_but_the_last():
+    d = GaussianDiffusion(betas=beta_schedule("linear", 1000), clip_denoised=False)
+    x_t, eps = _inputs()
+    cond = torch.zeros(SHAPE[0], 2, *SHAPE[2:])
+    t1 = torch.ones(SHAPE[0], dtype=torch.long)
+    a = d.ddpm_step(_const(eps), x_t.float(), t1, cond, generator=torch.Generator().manual_seed(1))["sample"]
+    b = d.ddpm_step(_const(eps), x_t.float(), t1, cond, generator=torch.Generator().manual_seed(2))["sample"]
+    assert not torch.allclose(a, b), "t = 1 is not the last step"
+
+
+def test_sampling_is_deterministic_by_default_given_the_initial_noise():
+    d = GaussianDiffusion(betas=beta_schedule("linear", 100))
+    known = torch.rand(1, 1, 3, 4, 4) * 2 - 1
+    mask = torch.tensor([[False, True, False]])
+    noise = torch.randn(known.shape)
+    net = lambda x, t, cond: torch.tanh(x) * 0.3  # noqa: E731 - any fixed function of x
+    one = d.sample(net, known.shape, known=known, mask=mask, steps=10, noise=noise,
+                   generator=torch.Generator().manual_seed(1))
+    two = d.sample(net, known.shape, known=known, mask=mask, steps=10, noise=noise,
+                   generator=torch.Generator().manual_seed(2))
+    assert torch.equal(one, two), "DDIM with eta = 0 is the default"
+
+
+def test_betas_range_and_respacing_by_a_list_of_steps():
+    for bad in (np.array([0.0, 0.5]), np.array([0.5, 1.5]), np.array([[0.1, 0.2]])):
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            GaussianDiffusion(betas=bad)
+    d = GaussianDiffusion(betas=beta_schedule("linear", 1000))
+    r = d.respaced([2, 3])  # section counts: 2 steps from the first half, 3 from the second
+    assert r is d.respaced([2, 3]) and r.timestep_map.tolist() == [0, 499, 500, 750, 999]
+    assert d.respaced("2,3") is r, "a list and its comma-separated string are the same respacing"
+
+
+def test_the_loss_averages_each_clip_over_its_own_masked_pixels():
+    """A clip with one valid masked pixel weighs as much as a clip with many (per-clip mean, then mean)."""
+    d = GaussianDiffusion(betas=beta_schedule("linear", 100), prediction="x0")
+    x0 = torch.zeros(2, 1, 2, 2, 2)
+    mask = torch.tensor([[True, False], [True, False]])
+    valid = torch.ones(2, 1, 2, 2, 2, dtype=torch.bool)
+    valid[0, :, 0] = False
+    valid[0, 0, 0, 0, 0] = True  # clip 0: a single valid pixel in its masked frame
+    out = torch.zeros(2, 1, 2, 2, 2)
+    out[0, 0, 0, 0, 0] = 2.0  # error 4 on that pixel
+    out[1, 0, 0] = 1.0  # error 1 on each of clip 1's 4 masked pixels
+    loss = d.training_loss(lambda x, t, c: out, x0, torch.zeros(2, dtype=torch.long), mask=mask, valid=valid)
+    assert float(loss) == pytest.approx((4.0 + 1.0) / 2)
