@@ -44,7 +44,7 @@ def training_videos(config: Config, *, progress: bool = True) -> list[VideoFrame
     """Load the normal training videos named by ``config.data.path`` (less the held-out ones) into memory."""
     if not config.data.path:
         raise ConfigError("data.path is not set: give the training data with --set data.path=FOLDER")
-    dataset = load_dataset(config.data.path)
+    dataset = load_dataset(config.data.path, scenes=config.data.scenes)
     videos = dataset.train
     if config.data.holdout_videos:
         if config.data.holdout_videos >= len(videos):
