@@ -31,11 +31,18 @@ VIDEO = "anomaly.mp4"
 # Human names of the evaluator's metrics, in the order the table shows them; other keys follow as they come.
 METRIC_LABELS = {
     "frame_auroc_micro": "Frame AUROC, micro (all test frames pooled)",
-    "frame_auroc_macro": "Frame AUROC, macro (mean over videos)",
+    "frame_auroc_macro": "Frame AUROC, macro (mean over videos with both classes)",
     "n_videos_macro": "Videos in the macro average",
+    "n_videos_macro_left_out": "Videos left out of it (one class only)",
+    "frame_auroc_macro_padded": "Frame AUROC, macro padded (literature: each video + a normal and an anomalous dummy frame)",
+    "n_videos_macro_padded": "Videos in the padded macro average",
     "frame_ap": "Frame average precision",
     "eer": "Equal error rate",
     "pixel_auroc": "Pixel AUROC",
+    "rbdc": "RBDC (region-based detection criterion)",
+    "tbdc": "TBDC (track-based detection criterion)",
+    "n_gt_regions": "Ground-truth regions",
+    "n_gt_tracks": "Ground-truth tracks",
     "n_test_frames": "Test frames",
     "n_anomalous_frames": "Anomalous test frames",
     "threshold": "Decision threshold",
@@ -162,8 +169,30 @@ def _fmt(v: Any) -> str:
     return _esc(v)
 
 
+SECTIONS = ("protocol", "per_scene")  # shown as their own tables, not as rows of the metrics table
+
+
+def _protocol_html(metrics: dict[str, Any]) -> str:
+    """The protocol table and the per-scene table of metrics.json (empty when absent)."""
+    parts = []
+    if isinstance(metrics.get("protocol"), dict):
+        rows = "\n".join(f"<tr><th><code>{_esc(k)}</code></th><td>{_fmt(v)}</td></tr>"
+                         for k, v in metrics["protocol"].items())
+        parts.append(f'<h3>Protocol</h3>\n<table id="protocol">\n{rows}\n</table>')
+    scenes = metrics.get("per_scene")
+    if isinstance(scenes, dict) and scenes:
+        cols = ["n_videos", "n_test_frames", "frame_auroc_micro", "frame_auroc_macro", "frame_auroc_macro_padded",
+                "frame_ap", "eer"]
+        head = "".join(f"<th>{_esc(c)}</th>" for c in ["scene"] + cols)
+        body = "\n".join("<tr><th>" + _esc(name) + "</th>" + "".join(
+            f'<td class="num">{_fmt(vals.get(c))}</td>' for c in cols) + "</tr>" for name, vals in scenes.items())
+        parts.append(f'<h3>Per scene</h3>\n<table id="per-scene">\n<tr>{head}</tr>\n{body}\n</table>')
+    return "\n".join(parts)
+
+
 def _metrics_html(metrics: dict[str, Any]) -> str:
-    keys = [k for k in METRIC_LABELS if k in metrics] + [k for k in metrics if k not in METRIC_LABELS]
+    shown = [k for k in metrics if k not in SECTIONS]
+    keys = [k for k in METRIC_LABELS if k in shown] + [k for k in shown if k not in METRIC_LABELS]
     rows = []
     for k in keys:
         v = metrics[k]
@@ -270,7 +299,7 @@ def write_report(folder: str | Path, *, title: str | None = None) -> Path:
             '<a href="#video">Video</a><a href="#config">Config</a></nav>',
             '<section id="results"><h2>Results</h2>', _summary_html(scores)]
     if metrics is not None:
-        body += [_metrics_html(metrics), '<p><a href="metrics.json">metrics.json</a></p>']
+        body += [_metrics_html(metrics), '<p><a href="metrics.json">metrics.json</a></p>', _protocol_html(metrics)]
     else:
         body.append('<p class="note">No metrics.json in this folder (a detection run without labels?).</p>')
     body += [f'<p class="note">{_esc(n)}</p>' for n in notes]
