@@ -102,3 +102,17 @@ def test_bench_page_renders_in_headless_chromium(benched, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr[-2000:]
     assert png.stat().st_size > 20_000
+
+
+def test_tables_show_scenes_and_missing_values(tmp_path):
+    from oddframe.render.bench import write_tables
+
+    rows = [{"name": "a", "frame_auroc_micro": 0.81234, "rbdc": None, "train_seconds": 123.456, "uses_test_statistics": True,
+             "per_scene": {"01": {"frame_auroc_micro": 0.7}, "02": {"frame_auroc_micro": 0.9}}},
+            {"name": "b|c", "frame_auroc_micro": float("nan"), "per_scene": {"02": {"frame_auroc_micro": 0.5}}}]
+    md, csv_path = write_tables(rows, tmp_path, header="# title")
+    text = md.read_text()
+    assert text.startswith("# title") and "| a | - | 0.8123 |" in text and "123.5" in text and "| yes |" in text
+    assert "b\\|c" in text  # a pipe in a name does not break the table
+    assert "| 01 | 0.7000 | - |" in text and "| 02 | 0.9000 | 0.5000 |" in text
+    assert next(csv.DictReader(csv_path.open()))["frame_auroc_micro"] == "0.81234"

@@ -155,8 +155,8 @@ def write_page(rows: Sequence[dict[str, Any]], folder: Path, *, title: str, intr
             num = isinstance(v, (int, float)) and not isinstance(v, bool)
             cells.append(f'<td class="num">{text}</td>' if num else f"<td>{text}</td>")
         lines.append("<tr>" + "".join(cells) + "</tr>")
-    body += ['<section id="results"><h2>Results</h2>', f'<table id="bench">\n<tr>{head}</tr>\n' + "\n".join(lines)
-             + "\n</table>", f'<p>Also as <a href="{TABLE_MD}">Markdown</a> and <a href="{TABLE_CSV}">CSV</a>; '
+    body += ['<section id="results"><h2>Results</h2>', '<div style="overflow-x:auto;font-size:.9rem">'
+             f'<table id="bench">\n<tr>{head}</tr>\n' + "\n".join(lines) + "\n</table></div>", f'<p>Also as <a href="{TABLE_MD}">Markdown</a> and <a href="{TABLE_CSV}">CSV</a>; '
              "each run name links to its own evaluation report.</p>"]
     body += [f'<p class="note">{esc(n)}</p>' for n in notes]
     scenes = per_scene_rows(rows)
