@@ -116,3 +116,23 @@ def test_tables_show_scenes_and_missing_values(tmp_path):
     assert "b\\|c" in text  # a pipe in a name does not break the table
     assert "| 01 | 0.7000 | - |" in text and "| 02 | 0.9000 | 0.5000 |" in text
     assert next(csv.DictReader(csv_path.open()))["frame_auroc_micro"] == "0.81234"
+
+
+def test_one_model_per_scene_is_pooled(tmp_path):
+    from helpers.layouts import build_shanghaitech
+
+    data = build_shanghaitech(tmp_path / "shanghaitech")
+    config = tiny_config(tmp_path / "tiny.yaml", width=0.125, rule="mse")
+    r = runner.invoke(app, ["bench", str(config), "--data", str(data), "--out", str(tmp_path / "out"), "--per-scene",
+                            "--no-regions"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "out" / "bench.json").read_text())["rows"]
+    assert [row["name"] for row in rows] == ["tiny@per-scene"]
+    row = rows[0]
+    assert row["n_test_frames"] == 18 and set(row["per_scene"]) == {"01", "02"} and row["rbdc"] is None
+    for scene, frames in (("01", 12), ("02", 6)):
+        metrics = json.loads((tmp_path / "out" / "evals" / f"tiny@{scene}" / "metrics.json").read_text())
+        assert metrics["n_test_frames"] == frames and metrics["protocol"]["scenes"] == [scene]
+    assert "| 01 |" in (tmp_path / "out" / "bench.md").read_text()
+    pooled = list(csv.DictReader((tmp_path / "out" / "evals" / "tiny@per-scene" / "scores.csv").open()))
+    assert len(pooled) == 18

@@ -22,8 +22,11 @@ import torch
 
 from oddframe import runs
 from oddframe.config import Config, load_config
+from oddframe.data.layouts import load_dataset
 from oddframe.errors import ConfigError
 from oddframe.files import safe_name, write_json
+from oddframe.metrics import summarise
+from oddframe.pipeline.outputs import write_scores_csv
 from oddframe.pipeline.calibrate import calibrate
 from oddframe.pipeline.evaluate import evaluate
 from oddframe.pipeline.train import train
@@ -130,6 +133,65 @@ def _row(name: str, config_path: str | Path, status: str, run_dir: Path, eval_re
     }
 
 
+def _bench_one(name: str, path: str | Path, config: Config, data: str | Path, out: Path,
+               eval_overrides: Sequence[str], regions: bool, progress: bool, device: str | None,
+               log: Callable[[str], None]) -> dict[str, Any]:
+    """Train or reuse, calibrate and evaluate one config; its table row."""
+    run_dir, eval_dir = out / "runs" / name, out / "evals" / name
+    t0 = time.perf_counter()
+    status = _prepare_run(config, run_dir, progress=progress, log=log)
+    if not (run_dir / runs.CALIBRATION).is_file():
+        log(f"calibrating {name} on normal training frames")
+        calibrate(run_dir, progress=progress, device=device)
+    record = {"data": str(data), "eval_overrides": list(eval_overrides), "regions": regions}
+    if _fresh(eval_dir, run_dir, record):
+        metrics = runs.read_json(eval_dir / "metrics.json")
+        log(f"{name}: evaluation reused ({eval_dir})")
+    else:
+        log(f"evaluating {name} on {data}")
+        metrics = evaluate(run_dir, data, eval_dir, overrides=list(eval_overrides), progress=progress,
+                           device=device, regions=regions, report=True)
+        write_json(record, eval_dir / RECORD)
+    log(f"{name}: {status}, micro AUROC {metrics.get('frame_auroc_micro')}, {time.perf_counter() - t0:.0f} s")
+    return _row(name, path, status, run_dir, f"evals/{name}", metrics)
+
+
+def _pooled_row(name: str, path: str | Path, parts: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """One row for one model per scene: frame metrics of the scenes' test scores pooled (written to
+    ``evals/<name>@per-scene/scores.csv``), training time summed, per-scene numbers kept."""
+    from oddframe.render.report import read_scores
+
+    rows, labels, scores = [], [], []
+    for part in parts:
+        table = read_scores(out / part["eval_dir"] / "scores.csv")
+        if table is None:
+            continue
+        for video in dict.fromkeys(table.videos):
+            keep = [i for i, v in enumerate(table.videos) if v == video]
+            labels.append([int(table.labels[i]) for i in keep])
+            scores.append([table.scores[i] for i in keep])
+            rows += [{"video": video, "frame": table.frames[i], "score": table.scores[i],
+                      "label": int(table.labels[i])} for i in keep]
+    eval_rel = f"evals/{name}@per-scene"
+    (out / eval_rel).mkdir(parents=True, exist_ok=True)
+    write_scores_csv(rows, out / eval_rel / "scores.csv", ["video", "frame", "score", "label"])
+    pooled = summarise(labels, scores)
+    frames = [p.get("n_test_frames") or 0 for p in parts]
+    speeds = [p.get("detect_fps") for p in parts]
+    first = parts[0]
+    return {
+        **{k: first.get(k) for k in ("model", "score_rule", "normalisation", "uses_test_statistics",
+                                     "smoothing_sigma", "epochs")},
+        **pooled, "name": f"{name}@per-scene", "config": str(path), "status": ", ".join(sorted({p["status"] for p in parts})),
+        "pixel_auroc": None, "rbdc": None, "tbdc": None,
+        "train_seconds": sum(p.get("train_seconds") or 0.0 for p in parts),
+        "detect_fps": sum(frames) / sum(f / s for f, s in zip(frames, speeds) if s) if all(speeds) else None,
+        "eval_dir": eval_rel, "protocol": {**first.get("protocol", {}), "scenes": "one model per scene, pooled"},
+        "per_scene": {p["name"].rsplit("@", 1)[1]: {k: p.get(k) for k in ("frame_auroc_micro", "frame_auroc_macro",
+                      "frame_auroc_macro_padded", "rbdc", "tbdc")} for p in parts},
+    }
+
+
 def bench(
     configs: Sequence[str | Path],
     data: str | Path,
@@ -138,6 +200,7 @@ def bench(
     overrides: Sequence[str] = (),
     eval_overrides: Sequence[str] = (),
     regions: bool = True,
+    per_scene: bool = False,
     progress: bool = True,
     device: str | None = None,
     log: Callable[[str], None] = lambda _: None,
@@ -151,6 +214,9 @@ def bench(
         overrides: ``--set`` overrides applied to every config before training (e.g. ``train.epochs=2``).
         eval_overrides: overrides for evaluation only (``score.*``, ``data.eval_split``, ``data.scenes``).
         regions: compute RBDC/TBDC (costly on long test sets).
+        per_scene: one model per scene (datasets with scenes): each config is trained and evaluated once per
+            scene (``<name>@<scene>``), and its row pools the scenes' test scores (frame metrics; RBDC/TBDC are
+            per scene only).
         progress: progress bars.
         device: where models run (default: the best present).
         log: called with one line per step (the CLI prints them).
@@ -167,25 +233,20 @@ def bench(
         raise ConfigError("bench needs at least one config")
     out = Path(out)
     loaded = [load_config(c, [f"data.path={data}", *overrides]) for c in configs]  # fail early, before training
+    scenes = load_dataset(data).scenes if per_scene else []
+    if per_scene and not scenes:
+        raise ConfigError(f"--per-scene: {data} has no scenes (only ShanghaiTech and UBnormal do)")
     result = BenchResult(out)
     for name, path, config in zip(run_names(configs), configs, loaded):
-        run_dir, eval_dir = out / "runs" / name, out / "evals" / name
-        t0 = time.perf_counter()
-        status = _prepare_run(config, run_dir, progress=progress, log=log)
-        if not (run_dir / runs.CALIBRATION).is_file():
-            log(f"calibrating {name} on normal training frames")
-            calibrate(run_dir, progress=progress, device=device)
-        record = {"data": str(data), "eval_overrides": list(eval_overrides), "regions": regions}
-        if _fresh(eval_dir, run_dir, record):
-            metrics = runs.read_json(eval_dir / "metrics.json")
-            log(f"{name}: evaluation reused ({eval_dir})")
-        else:
-            log(f"evaluating {name} on {data}")
-            metrics = evaluate(run_dir, data, eval_dir, overrides=list(eval_overrides), progress=progress,
-                               device=device, regions=regions, report=True)
-            write_json(record, eval_dir / RECORD)
-        result.rows.append(_row(name, path, status, run_dir, f"evals/{name}", metrics))
-        log(f"{name}: {status}, micro AUROC {metrics.get('frame_auroc_micro')}, {time.perf_counter() - t0:.0f} s")
+        if not per_scene:
+            result.rows.append(_bench_one(name, path, config, data, out, eval_overrides, regions, progress, device, log))
+            continue
+        parts = []
+        for scene in scenes:
+            one = load_config(path, [f"data.path={data}", *overrides, f"data.scenes=['{scene}']"])
+            parts.append(_bench_one(f"{name}@{scene}", path, one, data, out, eval_overrides, regions, progress,
+                                    device, log))
+        result.rows.append(_pooled_row(name, path, parts, out))
     machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}")
     intro = [f"Dataset: {data} ({len(result.rows)} models). Machine: {machine}.",
