@@ -1,6 +1,6 @@
 """Dataset layouts: a folder on disk -> training and test videos with optional frame labels and pixel masks.
 
-Four layouts are understood, detected from the folder's contents:
+Six layouts are understood, detected from the folder's contents:
 
 - ``generic`` (the ShanghaiTech convention, also what :mod:`oddframe.data.synthetic` writes):
   ``training/{videos,frames}``, ``testing/{videos,frames}``, ``testing/test_frame_mask/<video>.npy`` ``(T,)``

@@ -119,7 +119,8 @@ def _plots(rows: Sequence[dict[str, Any]], folder: Path, notes: list[str]) -> li
         shown = order if len(order) <= MAX_VIDEOS else sorted(order, key=lambda v: -weight[v])[:MAX_VIDEOS]
         shown = [v for v in order if v in shown]
         plot_scores_grid(shown, per_model, folder / SCORES_PNG)
-        more = "" if len(shown) == len(order) else f" ({len(shown)} of {len(order)} videos: those with most anomalous frames)"
+        more = "" if len(shown) == len(order) else (
+            f" ({len(shown)} of {len(order)} videos: those with most anomalous frames)")
         figures.append((SCORES_PNG, "Frame scores of each video (rows) by each model (columns, each on its own "
                                     f"scale); shaded = ground-truth anomalous frames{more}."))
     return figures
@@ -156,7 +157,8 @@ def write_page(rows: Sequence[dict[str, Any]], folder: Path, *, title: str, intr
             cells.append(f'<td class="num">{text}</td>' if num else f"<td>{text}</td>")
         lines.append("<tr>" + "".join(cells) + "</tr>")
     body += ['<section id="results"><h2>Results</h2>', '<div style="overflow-x:auto;font-size:.9rem">'
-             f'<table id="bench">\n<tr>{head}</tr>\n' + "\n".join(lines) + "\n</table></div>", f'<p>Also as <a href="{TABLE_MD}">Markdown</a> and <a href="{TABLE_CSV}">CSV</a>; '
+             f'<table id="bench">\n<tr>{head}</tr>\n' + "\n".join(lines) + "\n</table></div>",
+             f'<p>Also as <a href="{TABLE_MD}">Markdown</a> and <a href="{TABLE_CSV}">CSV</a>; '
              "each run name links to its own evaluation report.</p>"]
     body += [f'<p class="note">{esc(n)}</p>' for n in notes]
     scenes = per_scene_rows(rows)
