@@ -349,3 +349,50 @@ def plot_scores_grid(
         axes[-1, j].set_xlabel("frame index")
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
+
+
+def plot_region_curve(
+    fpr: Any,
+    rbdr: Any,
+    tbdr: Any,
+    path: str | Path,
+    *,
+    rbdc: float | None = None,
+    tbdc: float | None = None,
+    figsize: tuple[float, float] = (6.0, 4.5),
+    dpi: int = 100,
+) -> Path:
+    """Region- and track-based detection rates against false-positive regions per frame (RBDC/TBDC curves).
+
+    Args:
+        fpr: ``(K,)`` false-positive regions per frame of each map level.
+        rbdr: ``(K,)`` region-based detection rate at the same levels.
+        tbdr: ``(K,)`` track-based detection rate.
+        path: PNG to write.
+        rbdc: the area to print in the legend (None: not printed).
+        tbdc: likewise.
+        figsize: inches; the PNG is ``figsize * dpi`` pixels.
+        dpi: dots per inch.
+
+    Returns:
+        ``path``.
+    """
+    x = np.asarray(fpr, dtype=np.float64)
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    for rate, name, area, colour in ((rbdr, "RBDR (regions)", rbdc, "tab:blue"), (tbdr, "TBDR (tracks)", tbdc, "tab:orange")):
+        y = np.asarray(rate, dtype=np.float64)
+        order = np.argsort(x, kind="stable")
+        label = name + (f", area {area:.3f}" if area is not None else "")
+        ax.plot(x[order], y[order], ".", ms=3, alpha=0.5, color=colour)
+        ax.step(x[order], np.maximum.accumulate(np.nan_to_num(y[order])), where="post", lw=1.6, color=colour,
+                label=label)
+    ax.axvline(1.0, color="grey", ls=":", lw=1.0)
+    ax.set_xlim(0, max(1.2, min(float(np.nanmax(x)) if x.size else 1.2, 5.0)))
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false-positive regions per frame (areas: FPR 0 to 1, dotted line)")
+    ax.set_ylabel("detection rate")
+    ax.set_title("Region and track detection (dots: map levels; lines: best within each FPR)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)

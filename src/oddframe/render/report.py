@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import oddframe
 from oddframe.errors import CheckpointError
-from oddframe.render.plots import plot_loss, plot_roc, plot_scores
+from oddframe.render.plots import plot_loss, plot_region_curve, plot_roc, plot_scores
 
 REPORT = "report.html"
 LOSS_PNG = "loss.png"
@@ -210,6 +210,25 @@ SCORES_PNG = "scores.png"
 MAX_SCORE_PANELS = 12  # beyond this many videos the score plot shows them end to end in one panel
 
 
+REGIONS_CSV, REGIONS_PNG = "regions.csv", "regions.png"
+
+
+def _region_plot(folder: Path, metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """The RBDC/TBDC curves from ``regions.csv`` (drawn when missing); empty without the file."""
+    if not (folder / REGIONS_PNG).is_file() and (folder / REGIONS_CSV).is_file():
+        with (folder / REGIONS_CSV).open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            return []
+        cols = {k: [float(r[k]) for r in rows] for k in ("fpr", "rbdr", "tbdr")}
+        area = {k: v if isinstance(v := metrics.get(k), (int, float)) else None for k in ("rbdc", "tbdc")}
+        plot_region_curve(cols["fpr"], cols["rbdr"], cols["tbdr"], folder / REGIONS_PNG, **area)
+    if not (folder / REGIONS_PNG).is_file():
+        return []
+    return [(REGIONS_PNG, "Region- and track-based detection rates against false-positive regions per frame, one "
+                          "point per map level; RBDC and TBDC are the areas for FPR from 0 to 1.")]
+
+
 def _make_plots(folder: Path, scores: Scores | None, history: list[dict] | None, metrics: dict[str, Any],
                 notes: list[str]) -> list[tuple[str, str]]:
     """Draw the missing plots; return ``(file name, caption)`` of every plot present, in page order."""
@@ -221,6 +240,7 @@ def _make_plots(folder: Path, scores: Scores | None, history: list[dict] | None,
             notes.append(f"history.csv: no loss plot ({e})")
     if (folder / LOSS_PNG).is_file():
         figures.append((LOSS_PNG, "Training loss (and learning rate) during training."))
+    figures += _region_plot(folder, metrics)
     if scores is None:
         return figures
     known = [(lab, s) for lab, s in zip(scores.labels, scores.scores) if lab in (0.0, 1.0)]
