@@ -215,3 +215,15 @@ def test_tracks_from_ids_and_from_overlap() -> None:
     halves = np.zeros((H, W), bool)
     halves[2:6, 2:4] = halves[2:6, 6:12] = True
     assert [t for t, _ in link(halves)] == [5, 4]
+
+
+def test_large_maps_use_the_region_grid() -> None:
+    # A 256x384 map of a 20x30 frame is averaged down to 128 on its long side: the blob still lands on its box.
+    big = np.zeros((256, 384), np.float32)
+    big[64:115, 64:115] = 1  # the 4x4 mask box at (5, 5), in map pixels (12.8x)
+    acc = RegionDetection()
+    acc.update(big, [("a", box(5, 5))], gt_shape=(H, W))
+    assert acc.compute()["rbdc"] == pytest.approx(1.0)
+    exact = RegionDetection(max_side=None)
+    exact.update(big, [("a", box(5, 5))], gt_shape=(H, W))
+    assert exact.compute()["rbdc"] == pytest.approx(1.0)

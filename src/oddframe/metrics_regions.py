@@ -29,6 +29,8 @@ flat from the last point with FPR <= 1 to FPR = 1, as in the corrected evaluatio
 - Boxes are compared in continuous pixel coordinates ``[x0, x1) x [y0, y1)``: ``x1 = x0 + width`` (the references'
   inclusive corners with their ``+ 1``); a map coarser than the masks has its boxes scaled to mask pixels.
 
+Maps larger than 128 pixels on their long side are area-averaged down to that first (``max_side``): one region grid
+for models of any map resolution, and a bounded cost per frame (one connected-component pass per level).
 Memory stays bounded whatever the number of frames: per level, counts only (two difference arrays over the 4096
 levels and, per track, the levels at which its detected count changes), never the maps.
 """
@@ -46,6 +48,7 @@ from oddframe.metrics import ArrayLike, order_keys
 from oddframe.scoring import to_numpy
 
 LEVEL_BITS = 12  # 2 ** 12 levels: sign, exponent and 3 mantissa bits, i.e. 8 log-spaced levels per octave
+REGION_SIDE = 128  # the region grid: maps are area-averaged down to at most this many pixels on their long side
 Region = tuple[Hashable, np.ndarray]  # (track key, box [x0, y0, x1, y1]) of one ground-truth region
 
 
@@ -194,14 +197,18 @@ class RegionDetection:
         iou: box IoU that makes a prediction hit a ground-truth region (beta = 0.1 in the paper).
         track_fraction: share of a track's regions that must be detected (alpha = 0.1 in the paper).
         bits: level ladder resolution (12: 8 levels per octave).
+        max_side: maps larger than this (longest side, pixels) are area-averaged down to it before regions are
+            found, so that models with different map resolutions are compared on one region grid and the cost per
+            frame stays bounded; None keeps every map as it is.
     """
 
-    def __init__(self, *, iou: float = 0.1, track_fraction: float = 0.1, bits: int = LEVEL_BITS) -> None:
+    def __init__(self, *, iou: float = 0.1, track_fraction: float = 0.1, bits: int = LEVEL_BITS,
+                 max_side: int | None = REGION_SIDE) -> None:
         if not 0 < iou <= 1 or not 0 < track_fraction <= 1:
             raise ValueError(f"iou and track_fraction must be in (0, 1], got {iou} and {track_fraction}")
         if not 8 <= bits <= 16:
             raise ValueError(f"bits must be in 8..16, got {bits}")
-        self.iou, self.track_fraction, self.bits = iou, track_fraction, bits
+        self.iou, self.track_fraction, self.bits, self.max_side = iou, track_fraction, bits, max_side
         n = 2**bits
         # Difference arrays over levels: the count at level k is the sum of entries at levels >= k.
         self._fp = np.zeros(n, dtype=np.int64)
@@ -234,8 +241,13 @@ class RegionDetection:
         v = np.ones(m.shape, dtype=bool) if valid is None else to_numpy(valid).astype(bool)
         if not np.isfinite(m[v]).all():
             raise ValueError("the anomaly map holds non-finite values at valid pixels")
+        big_h, big_w = gt_shape or m.shape
+        if self.max_side is not None and max(m.shape) > self.max_side:
+            f = self.max_side / max(m.shape)
+            size = (max(1, round(m.shape[1] * f)), max(1, round(m.shape[0] * f)))
+            m = cv2.resize(np.where(v, m, 0).astype(np.float32), size, interpolation=cv2.INTER_AREA)
+            v = cv2.resize(v.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
         h, w = m.shape
-        big_h, big_w = gt_shape or (h, w)
         scale = np.array([big_w / w, big_h / h, big_w / w, big_h / h])
         gt = np.array([np.asarray(b, dtype=np.float64) for _, b in regions]).reshape(-1, 4)
         tracks = [t for t, _ in regions]
