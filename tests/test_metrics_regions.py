@@ -61,12 +61,12 @@ def test_detector_shifted_off_the_region() -> None:
     assert run(near, GT)["rbdc"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize(("false_value", "expected"), [(2.0, 0.0), (1.0, 0.5), (0.5, 1.0)])
+@pytest.mark.parametrize(("false_value", "expected"), [(2.0, 0.0), (1.0, 0.0), (0.5, 1.0)])
 def test_detector_that_fires_on_every_frame(false_value: float, expected: float) -> None:
     """Finds the object, but also fires on a corner patch of every frame (10 false positives, FPR 1).
 
-    Patch scored above the object: FPR reaches 1 before anything is found -> 0. Tied: (1, 1) at once -> the
-    trapezoid from (0, 0), 0.5. Below: the object is found first at FPR 0.5 -> area 1."""
+    Patch scored above the object, or tied with it: no level finds anything below FPR 1 -> 0. Below: the object
+    is found first, at FPR 0 -> area 1."""
     maps = []
     for t in FRAMES:
         m = blob(14, 24, false_value) + (blob(5, 5 + t) if 2 <= t <= 6 else 0)
@@ -178,8 +178,11 @@ def test_streaming_matches_the_direct_definition() -> None:
 
 
 def test_envelope_area() -> None:
-    # Non-monotone operating points: the envelope keeps the best rate within each false-positive budget.
-    assert envelope_area([0.5, 0.2, 2.0], [0.4, 0.6, 1.0]) == pytest.approx(0.5 * 0.2 * 0.6 + 0.8 * 0.6)
+    # Non-monotone operating points: the envelope keeps the best rate within each false-positive budget, as a
+    # step from the FPR where a level reaches it: 0 on [0, 0.2), 0.6 on [0.2, 1] (the rate 1.0 needs FPR 2).
+    assert envelope_area([0.5, 0.2, 2.0], [0.4, 0.6, 1.0]) == pytest.approx(0.8 * 0.6)
+    # A level that jumps from nothing to whole-frame regions earns its rate only from where it gets there.
+    assert envelope_area([0.75, 3.0], [0.33, 0.5]) == pytest.approx(0.25 * 0.33)
     assert envelope_area([], []) == 0.0
     with pytest.raises(ValueError, match="one length"):
         envelope_area([0.1], [0.1, 0.2])

@@ -15,9 +15,9 @@ Predicted regions at many levels: a map is thresholded at every level of a fixed
 float range (the top 12 bits of an order-preserving bit pattern: 8 levels per octave, no range to choose and no
 test statistic involved) that falls within the frame's values. FPR is not monotone in the level (regions merge as
 the level falls), so the curve is the upper envelope of the operating points, sorted by FPR (for every
-false-positive budget, the best detection rate one global level reaches within it), closed at (0, 0) and held
-flat from the last point with FPR <= 1 to FPR = 1, as in the corrected evaluation of Georgescu et al. (TPAMI
-2021), whose area ``sklearn.metrics.auc`` computes. Compared with the references:
+false-positive budget, the best detection rate one global level reaches within it), closed at (0, 0), held flat
+from the last point with FPR <= 1 to FPR = 1 as in the corrected evaluation of Georgescu et al. (TPAMI 2021), and
+integrated as a step function (see :func:`envelope_area`). Compared with the references:
 
 - py-ssvad-metrics (``current_criteria``) sweeps 103 thresholds on region scores in [0, 1], keeps the points with
   FPR in [0, 1] and does not extend the curve to FPR = 1 (an area that stops early is smaller), and allows one
@@ -166,8 +166,11 @@ class TrackLinker:
 def envelope_area(fpr: ArrayLike, rate: ArrayLike, *, max_fpr: float = 1.0) -> float:
     """Area under a detection rate against false positives per frame, for FPR in ``[0, max_fpr]``.
 
-    The operating points are sorted by FPR, the rate is made non-decreasing (upper envelope), the curve starts at
-    (0, 0) and is held flat from its last point with FPR <= ``max_fpr`` to ``max_fpr``; trapezoidal area.
+    The operating points are sorted by FPR and the rate made non-decreasing (upper envelope: the best rate some
+    level reaches within each false-positive budget); the curve starts at (0, 0) and is a step function: a rate
+    counts from the FPR at which a level reaches it, held to ``max_fpr``. The trapezoid between levels would
+    credit detections that no level makes (a level that jumps from no region to whole-frame regions would earn
+    half its detection rate over the whole jump); with the references' dense sweeps the two agree.
 
     Args:
         fpr: ``(K,)`` false positives per frame at each operating point.
@@ -184,10 +187,8 @@ def envelope_area(fpr: ArrayLike, rate: ArrayLike, *, max_fpr: float = 1.0) -> f
     order = np.argsort(x, kind="stable")
     x, y = x[order], np.maximum.accumulate(y[order])
     inside = x <= max_fpr
-    x, y = x[inside], y[inside]
-    if x[-1] < max_fpr:
-        x, y = np.append(x, max_fpr), np.append(y, y[-1])
-    return float(np.trapezoid(y, x))
+    x, y = np.append(x[inside], max_fpr), y[inside]
+    return float(np.sum(y * np.diff(x)))
 
 
 class RegionDetection:

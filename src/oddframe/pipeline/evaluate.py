@@ -245,7 +245,8 @@ def protocol(
     if regions is not None:
         out["rbdc_tbdc"] = ("Ramachandra & Jones 2020: connected components of the raw map (no normalisation) "
                             "on a grid of at most 128 px a side, at a log-spaced level ladder (8 per octave) vs ground-truth regions, box IoU >= 0.1, "
-                            "FPR = false-positive regions per frame over all test frames, area for FPR in [0, 1]; "
+                            "FPR = false-positive regions per frame over all test frames, area (step envelope) for FPR in "
+                            "[0, 1]; "
                             "a track is detected "
                             "when >= 10 % of its regions are; ground-truth tracks from "
                             + ("UBnormal's track ids" if layout == "ubnormal" else "mask components linked by overlap"))
