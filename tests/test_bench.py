@@ -124,8 +124,10 @@ def test_one_model_per_scene_is_pooled(tmp_path):
     data = build_shanghaitech(tmp_path / "shanghaitech")
     config = tiny_config(tmp_path / "tiny.yaml", width=0.125, rule="mse")
     r = runner.invoke(app, ["bench", str(config), "--data", str(data), "--out", str(tmp_path / "out"), "--per-scene",
-                            "--no-regions"])
+                            "--no-regions", "--no-calibrate"])
     assert r.exit_code == 0, r.output
+    # --no-calibrate skips the threshold, except where the scores need it (normalise: calibrated).
+    assert (tmp_path / "out" / "runs" / "tiny@01" / "calibration.json").is_file()
     rows = json.loads((tmp_path / "out" / "bench.json").read_text())["rows"]
     assert [row["name"] for row in rows] == ["tiny@per-scene"]
     row = rows[0]

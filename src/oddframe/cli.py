@@ -218,13 +218,14 @@ def bench(
     eval_set: Optional[List[str]] = typer.Option(None, "--eval-set", help="Override for evaluation only, e.g. score.rule=l1."),
     regions: bool = typer.Option(True, "--regions/--no-regions", help="Compute RBDC/TBDC (costly on long test sets)."),
     per_scene: bool = typer.Option(False, "--per-scene", help="One model per scene (ShanghaiTech, UBnormal), pooled."),
+    calibrate_runs: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Set each run's alarm threshold (scores every training frame)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, mps (default: the best present)."),
 ) -> None:
     """Train (or reuse) several configs on one dataset and compare them: table, ROC, score curves, HTML page."""
     from oddframe import api
 
     result = api.bench(configs, data, out, overrides=list(set_ or []), eval_overrides=list(eval_set or []),
-                       regions=regions, per_scene=per_scene, device=device, log=lambda line: console.print(line, markup=False, highlight=False))
+                       regions=regions, per_scene=per_scene, calibrate_runs=calibrate_runs, device=device, log=lambda line: console.print(line, markup=False, highlight=False))
     table = Table(title=f"bench on {data}")
     for col in ("run", "AUROC micro", "macro", "macro padded", "pixel", "RBDC", "TBDC", "train s", "detect fps"):
         table.add_column(col, justify="left" if col == "run" else "right")

@@ -135,12 +135,13 @@ def _row(name: str, config_path: str | Path, status: str, run_dir: Path, eval_re
 
 def _bench_one(name: str, path: str | Path, config: Config, data: str | Path, out: Path,
                eval_overrides: Sequence[str], regions: bool, progress: bool, device: str | None,
-               log: Callable[[str], None]) -> dict[str, Any]:
+               log: Callable[[str], None], calibrate_runs: bool = True) -> dict[str, Any]:
     """Train or reuse, calibrate and evaluate one config; its table row."""
     run_dir, eval_dir = out / "runs" / name, out / "evals" / name
     t0 = time.perf_counter()
     status = _prepare_run(config, run_dir, progress=progress, log=log)
-    if not (run_dir / runs.CALIBRATION).is_file():
+    needs = calibrate_runs or config.score.normalise == "calibrated"
+    if needs and not (run_dir / runs.CALIBRATION).is_file():
         log(f"calibrating {name} on normal training frames")
         calibrate(run_dir, progress=progress, device=device)
     record = {"data": str(data), "eval_overrides": list(eval_overrides), "regions": regions}
@@ -201,6 +202,7 @@ def bench(
     eval_overrides: Sequence[str] = (),
     regions: bool = True,
     per_scene: bool = False,
+    calibrate_runs: bool = True,
     progress: bool = True,
     device: str | None = None,
     log: Callable[[str], None] = lambda _: None,
@@ -214,6 +216,9 @@ def bench(
         overrides: ``--set`` overrides applied to every config before training (e.g. ``train.epochs=2``).
         eval_overrides: overrides for evaluation only (``score.*``, ``data.eval_split``, ``data.scenes``).
         regions: compute RBDC/TBDC (costly on long test sets).
+        calibrate_runs: set each run's alarm threshold on its normal training frames (scores every training
+            frame once); False skips it where the scores do not need it (AUROC, AP, EER and RBDC/TBDC need no
+            threshold; runs normalised with ``calibrated`` are calibrated anyway).
         per_scene: one model per scene (datasets with scenes): each config is trained and evaluated once per
             scene (``<name>@<scene>``), and its row pools the scenes' test scores (frame metrics; RBDC/TBDC are
             per scene only).
@@ -239,13 +244,14 @@ def bench(
     result = BenchResult(out)
     for name, path, config in zip(run_names(configs), configs, loaded):
         if not per_scene:
-            result.rows.append(_bench_one(name, path, config, data, out, eval_overrides, regions, progress, device, log))
+            result.rows.append(_bench_one(name, path, config, data, out, eval_overrides, regions, progress, device, log,
+                                          calibrate_runs))
             continue
         parts = []
         for scene in scenes:
             one = load_config(path, [f"data.path={data}", *overrides, f"data.scenes=['{scene}']"])
             parts.append(_bench_one(f"{name}@{scene}", path, one, data, out, eval_overrides, regions, progress,
-                                    device, log))
+                                    device, log, calibrate_runs))
         result.rows.append(_pooled_row(name, path, parts, out))
     machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}")
