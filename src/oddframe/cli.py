@@ -216,6 +216,35 @@ def eval_(
 
 @app.command()
 @_friendly
+def bench(
+    configs: List[Path] = typer.Argument(..., help="Configs to compare, one model each (e.g. configs/ped2_*.yaml)."),
+    data: Path = typer.Option(..., "--data", help="Dataset: its training split trains every model, its test split evaluates."),
+    out: Path = typer.Option(..., "--out", help="Bench folder (runs/, evals/, bench.md, bench.csv, bench.html); resumed."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " Applies to every config."),
+    eval_set: Optional[List[str]] = typer.Option(None, "--eval-set", help="Override for evaluation only, e.g. score.rule=l1."),
+    regions: bool = typer.Option(True, "--regions/--no-regions", help="Compute RBDC/TBDC (costly on long test sets)."),
+    per_scene: bool = typer.Option(False, "--per-scene", help="One model per scene (ShanghaiTech, UBnormal), pooled."),
+    calibrate_runs: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Set each run's alarm threshold (scores every training frame)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, mps (default: the best present)."),
+) -> None:
+    """Train (or reuse) several configs on one dataset and compare them: table, ROC, score curves, HTML page."""
+    from oddframe import api
+
+    result = api.bench(configs, data, out, overrides=list(set_ or []), eval_overrides=list(eval_set or []),
+                       regions=regions, per_scene=per_scene, calibrate_runs=calibrate_runs, device=device, log=lambda line: console.print(line, markup=False, highlight=False))
+    table = Table(title=f"bench on {data}")
+    for col in ("run", "AUROC micro", "macro", "macro padded", "pixel", "RBDC", "TBDC", "train s", "detect fps"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for r in result.rows:
+        cells = [r.get(k) for k in ("frame_auroc_micro", "frame_auroc_macro", "frame_auroc_macro_padded",
+                                    "pixel_auroc", "rbdc", "tbdc", "train_seconds", "detect_fps")]
+        table.add_row(r["name"], *("-" if v is None else f"{v:.4f}" if v < 10 else f"{v:.1f}" for v in cells))
+    out_console.print(table)
+    out_console.print(f"table: {result.table}; page: {result.page}")
+
+
+@app.command()
+@_friendly
 def report(folder: Path = typer.Argument(..., help="An evaluation folder (from oddframe eval or the demo).")) -> None:
     """Write (or rewrite) the offline HTML report of an evaluation folder."""
     from oddframe.render.report import write_report

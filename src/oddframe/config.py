@@ -34,6 +34,14 @@ class DataConfig(_Section):
     percentiles: tuple[float, float] = (0.5, 99.5)
     stretch: Literal["linear", "log", "asinh"] = "linear"
     holdout_videos: int = Field(0, ge=0, description="last n training videos kept out of training, for calibration")
+    scenes: list[str] | None = Field(None, description="only these scenes (ShanghaiTech 01..13, UBnormal 1..29); null = all")
+    eval_split: Literal["test", "validation"] = Field("test", description="split to evaluate (validation: UBnormal only)")
+
+    @field_validator("scenes", mode="before")
+    @classmethod
+    def _scenes_as_text(cls, v: Any) -> Any:
+        # --set data.scenes=[1,2] parses as ints; scenes are names like "01".
+        return [str(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 class AugmentConfig(_Section):

@@ -22,6 +22,7 @@ def _video_row(split: str, video: Video) -> dict[str, Any]:
     return {
         "split": split,
         "name": video.name,
+        "scene": video.scene,
         "kind": src.kind,
         "n_frames": len(src),
         "resolution": [int(s) for s in src.frame_shape()[:2]],
@@ -46,8 +47,9 @@ def inspect_path(path: str | Path, *, check_masks: bool = True) -> dict[str, Any
         ``n_labelled_videos`` (test videos with frame labels), ``n_anomalous_frames``, ``has_pixel_masks``,
         ``resolution`` (``[H, W]`` of the first frame, None without videos), ``channels``, ``fps`` (of the
         first video that has one), ``videos`` (one dict per video: ``split``, ``name``, ``kind``,
-        ``n_frames``, ``resolution``, ``fps``, ``n_anomalous`` (None when unlabelled), ``has_pixel_masks``)
-        and ``problems`` (human-readable warnings).
+        ``n_frames``, ``resolution``, ``fps``, ``n_anomalous`` (None when unlabelled), ``has_pixel_masks``,
+        ``scene``), ``scenes`` (ShanghaiTech, UBnormal; empty otherwise), ``notes`` (what the layout decided, e.g.
+        UBnormal's one-class protocol) and ``problems`` (human-readable warnings).
 
     Raises:
         SourceError: if ``path`` does not exist.
@@ -75,7 +77,9 @@ def inspect_path(path: str | Path, *, check_masks: bool = True) -> dict[str, Any
         "resolution": list(first.frame_shape()[:2]) if first is not None else None,
         "channels": (first.frame_shape()[2] if len(first.frame_shape()) == 3 else 1) if first is not None else None,
         "fps": next((r["fps"] for r in rows if r["fps"]), None),
+        "scenes": ds.scenes,
         "videos": rows,
+        "notes": list(ds.notes),
         "problems": problems,
     }
 
@@ -97,22 +101,27 @@ def format_inspect(d: dict[str, Any], *, max_videos: int = 40, width: int = 100)
         ("pixel masks", "yes" if d["has_pixel_masks"] else "no"),
         ("resolution", f"{res[0]} x {res[1]} x {d['channels']}" if res else "-"),
         ("fps", f"{d['fps']:g}" if d["fps"] else "-"),
+        *((("scenes", f"{len(d['scenes'])}: {', '.join(d['scenes'])}"),) if d.get("scenes") else ()),
     ):
         summary.add_row(key, value)
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
     console.print(summary)
     if d["videos"]:
         videos = Table(title="videos", title_justify="left")
-        for col in ("split", "name", "kind", "frames", "H x W", "anomalous", "masks"):
+        scenes = bool(d.get("scenes"))
+        for col in ("split", "name") + (("scene",) if scenes else ()) + ("kind", "frames", "H x W", "anomalous", "masks"):
             videos.add_column(col, justify="right" if col in ("frames", "anomalous") else "left")
         for r in d["videos"][:max_videos]:
             anomalous = "-" if r["n_anomalous"] is None else str(r["n_anomalous"])
             hw = f"{r['resolution'][0]} x {r['resolution'][1]}"
             masks = "yes" if r["has_pixel_masks"] else "-"
-            videos.add_row(r["split"], r["name"], r["kind"], str(r["n_frames"]), hw, anomalous, masks)
+            scene = (r.get("scene") or "-",) if scenes else ()
+            videos.add_row(r["split"], r["name"], *scene, r["kind"], str(r["n_frames"]), hw, anomalous, masks)
         console.print(videos)
         if len(d["videos"]) > max_videos:
             console.print(f"... and {len(d['videos']) - max_videos} more videos (--json lists all)")
+    for note in d.get("notes", []):
+        console.print(f"note: {note}", markup=False, highlight=False)
     if d["problems"]:
         console.print(f"{len(d['problems'])} problem(s):")
         for p in d["problems"]:

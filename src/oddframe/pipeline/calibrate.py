@@ -82,7 +82,7 @@ def calibrate(
         raw = _prepared_scores(detector, path, config, progress)
         source = "prepared training clips kept by the review (seen in training: the threshold is optimistic)"
     else:
-        train = load_dataset(path).train
+        train = load_dataset(path, scenes=config.data.scenes).train
         k = config.data.holdout_videos
         normal = train[len(train) - k:] if k else train
         source = "held-out training videos" if k else "training videos (seen in training: the threshold is optimistic)"

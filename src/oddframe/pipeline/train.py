@@ -50,7 +50,7 @@ def training_videos(
     with the derived inputs ``features`` (``{name: params}``, see :mod:`oddframe.features`) of every frame."""
     if not config.data.path:
         raise ConfigError("data.path is not set: give the training data with --set data.path=FOLDER")
-    dataset = load_dataset(config.data.path)
+    dataset = load_dataset(config.data.path, scenes=config.data.scenes)
     videos = dataset.train
     if config.data.holdout_videos:
         if config.data.holdout_videos >= len(videos):

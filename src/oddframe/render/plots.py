@@ -256,3 +256,143 @@ def plot_roc(
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
+
+
+def plot_roc_models(
+    curves: Mapping[str, tuple[Any, Any]],
+    path: str | Path,
+    *,
+    title: str = "Frame-level ROC of every model",
+    figsize: tuple[float, float] = (6.5, 6.0),
+    dpi: int = 100,
+) -> Path:
+    """Several models' ROC curves on one set of axes, each labelled with its micro AUROC.
+
+    Args:
+        curves: model name -> ``(labels (N,) 0/1, scores (N,))`` of its pooled test frames; a model whose frames
+            hold one class only is listed in the legend as "no ROC".
+        path: PNG to write.
+        title: figure title.
+        figsize: inches; the PNG is ``figsize * dpi`` pixels.
+        dpi: dots per inch.
+
+    Returns:
+        ``path``.
+    """
+    from oddframe.metrics import frame_auroc_micro, roc_points
+
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    for name, (labels, scores) in curves.items():
+        y, s = np.asarray(labels, dtype=np.float64).ravel(), np.asarray(scores, dtype=np.float64).ravel()
+        if len(np.unique(y)) < 2 or not np.isfinite(s).all():
+            ax.plot([], [], label=f"{name}: no ROC (one class or non-finite scores)")
+            continue
+        fpr, tpr, _ = roc_points(y, s)
+        ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUROC {frame_auroc_micro(y, s):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1.0, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate (normal frames flagged)")
+    ax.set_ylabel("true positive rate (anomalous frames found)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_scores_grid(
+    videos: Sequence[str],
+    models: Mapping[str, Mapping[str, tuple[Any, Any, Any]]],
+    path: str | Path,
+    *,
+    title: str = "Frame scores per video (rows) and model (columns); shaded = ground-truth anomaly",
+    panel_size: tuple[float, float] = (4.2, 2.0),
+    dpi: int = 90,
+) -> Path:
+    """The score curves of each video side by side, one column per model (each column on its own scale).
+
+    Args:
+        videos: the videos to show, one row each, in order.
+        models: model name -> video name -> ``(frames (N,), scores (N,), labels (N,) or None)``; a video a model
+            did not score is left blank.
+        path: PNG to write.
+        title: figure title.
+        panel_size: inches per panel; the PNG is about ``n_models * w`` by ``n_videos * h + 0.8`` inches.
+        dpi: dots per inch.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: no video or no model.
+    """
+    if not videos or not models:
+        raise ValueError("need at least one video and one model to plot")
+    names = list(models)
+    w, h = panel_size
+    fig = Figure(figsize=(w * len(names), h * len(videos) + 0.8), dpi=dpi, layout="constrained")
+    axes = fig.subplots(len(videos), len(names), squeeze=False, sharex="row", sharey="col")
+    for j, name in enumerate(names):
+        axes[0, j].set_title(name, fontsize=10)
+        for i, video in enumerate(videos):
+            ax = axes[i, j]
+            if video not in models[name]:
+                ax.text(0.5, 0.5, "not scored", ha="center", va="center", transform=ax.transAxes)
+                continue
+            frames, scores, labels = models[name][video]
+            lab = None if labels is None else np.asarray(labels, dtype=np.float64)
+            _score_axes(ax, np.asarray(frames, np.float64), np.asarray(scores, np.float64), lab, None, None)
+            ax.set_ylabel(f"video {video}" if j == 0 else "", fontsize=9)
+    for j in range(len(names)):
+        axes[-1, j].set_xlabel("frame index")
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def plot_region_curve(
+    fpr: Any,
+    rbdr: Any,
+    tbdr: Any,
+    path: str | Path,
+    *,
+    rbdc: float | None = None,
+    tbdc: float | None = None,
+    figsize: tuple[float, float] = (6.0, 4.5),
+    dpi: int = 100,
+) -> Path:
+    """Region- and track-based detection rates against false-positive regions per frame (RBDC/TBDC curves).
+
+    Args:
+        fpr: ``(K,)`` false-positive regions per frame of each map level.
+        rbdr: ``(K,)`` region-based detection rate at the same levels.
+        tbdr: ``(K,)`` track-based detection rate.
+        path: PNG to write.
+        rbdc: the area to print in the legend (None: not printed).
+        tbdc: likewise.
+        figsize: inches; the PNG is ``figsize * dpi`` pixels.
+        dpi: dots per inch.
+
+    Returns:
+        ``path``.
+    """
+    x = np.asarray(fpr, dtype=np.float64)
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    for rate, name, area, colour in ((rbdr, "RBDR (regions)", rbdc, "tab:blue"), (tbdr, "TBDR (tracks)", tbdc, "tab:orange")):
+        y = np.asarray(rate, dtype=np.float64)
+        order = np.argsort(x, kind="stable")
+        label = name + (f", area {area:.3f}" if area is not None else "")
+        ax.plot(x[order], y[order], ".", ms=3, alpha=0.5, color=colour)
+        ax.step(x[order], np.maximum.accumulate(np.nan_to_num(y[order])), where="post", lw=1.6, color=colour,
+                label=label)
+    ax.axvline(1.0, color="grey", ls=":", lw=1.0)
+    ax.set_xlim(0, max(1.2, min(float(np.nanmax(x)) if x.size else 1.2, 5.0)))
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false-positive regions per frame (areas: FPR 0 to 1, dotted line)")
+    ax.set_ylabel("detection rate")
+    ax.set_title("Region and track detection (dots: map levels; lines: best within each FPR)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
