@@ -137,7 +137,7 @@ def plot(rows: list[dict], path: Path, device: str) -> None:
         axes[0].plot(f, [v * 1000 for v in s], style, color=color, label=case)
         axes[1].plot(f, m, style, color=color, label=case)
     for ax, label in zip(axes, ("forward time (ms)", "peak memory of the forward (MiB)")):
-        ax.set_xlabel("window length T (frames; L = 256 T tokens at 16x16)")
+        ax.set_xlabel("window length T (blocks: 16x16 map, L = 256 T tokens; denoiser: 32x32 frames)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)

@@ -181,12 +181,14 @@ def blob_score(
 ) -> float:
     """Blob-weighted MSE of one frame (seed 003, section 10: "weighted mean squared error").
 
-    Steps, as in the Mamba-diffusion system: threshold the absolute error (an absolute ``threshold``, or by
-    default the frame's ``mean + n_std * std`` of ``|e|`` over valid pixels), group active pixels into
-    8-connected components, drop components smaller than ``min_area`` pixels (the original code's
-    ``min_block_size``, default 25: isolated noisy pixels must not count), weight each remaining component's
-    pixels by ``area`` / ``log(1 + area)`` / ``area * log(area)`` (the original's ``exp > 1`` variant), and
-    return the weighted mean of ``|e|^2`` over those pixels. 0 when no blob survives.
+    The seed's five steps: (1) the absolute difference ``|e|`` (for grey frames exactly the grey absolute
+    difference; for colour, the map's channel mean); (2) threshold it (an absolute ``threshold``, or by default the
+    frame's ``mean + n_std * std`` of ``|e|`` over valid pixels); (3) group active pixels into 8-connected
+    components, dropping those smaller than ``min_area`` pixels (the original code's ``min_block_size``, default
+    25: isolated noisy pixels must not count); (4) weight each component's pixels by ``area`` or by
+    ``log(1 + area)`` (``log_area``; ``log(area)`` shifted so that a one-pixel blob keeps a weight), or
+    ``area * log(area)`` (the original's ``exp > 1`` variant), chosen by ``score.blob_weighting``; (5) return the
+    weighted mean of ``|e|^2`` over those pixels ("weighted MSE"). 0 when no blob survives.
 
     Args:
         abs_error: ``(H, W)`` ``|e|``.

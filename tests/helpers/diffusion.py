@@ -1,4 +1,7 @@
-"""Detection checks shared by the diffusion models: train on normal circle clips, score clips with a zeroed frame."""
+"""Detection checks for the diffusion models: train on normal circle clips, score clips with a zeroed frame.
+
+(tests/test_st_diffusion.py has its own copies of these helpers; it can use this module once both branches meet.)
+"""
 
 from __future__ import annotations
 
@@ -41,6 +44,11 @@ def zeroed_frame_scores(model: torch.nn.Module, n_test: int) -> tuple[torch.Tens
     corrupted[:, :, 2] = -1.0
     scores = model.anomaly_map(Batch.from_frames(torch.cat([test, corrupted]))).mean(dim=(2, 3))
     return scores[:n_test], scores[n_test:]
+
+
+def negatives(normal: torch.Tensor, zeroed: torch.Tensor) -> torch.Tensor:
+    """Every normal frame: all frames of the normal clips and the untouched frames (0, 1, 3) of the corrupted ones."""
+    return torch.cat([normal.flatten(), zeroed[:, [0, 1, 3]].flatten()])
 
 
 def assert_detects(normal: torch.Tensor, zeroed: torch.Tensor, *, auroc_min: float, ratio_min: float) -> None:

@@ -110,9 +110,9 @@ def _time_major(*tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _outer(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``(L, B, D)``, ``(L, B, N)`` -> ``(L, B, D, N)`` ``p_d q_n`` (a batched matmul: one write, no broadcast pass)."""
-    length, b, d = p.shape
-    return torch.bmm(p.reshape(length * b, d, 1), q.reshape(length * b, 1, -1)).view(length, b, d, -1)
+    """``(L, B, D)``, ``(L, B, N)`` -> ``(L, B, D, N)`` ``p_d q_n`` (one broadcast write; a batched matmul of
+    ``L B`` tiny matrices is up to 3x slower on CPU)."""
+    return p[..., None] * q[:, :, None, :]
 
 
 def _contract(s: torch.Tensor, q: torch.Tensor, over: str) -> torch.Tensor:
