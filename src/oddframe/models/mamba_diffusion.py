@@ -57,7 +57,6 @@ class MambaVideoDiffusion(SpatioTemporalDiffusion):
             raise ValueError(f"mamba_diffusion sets {', '.join(fixed)} itself (its temporal block is Mamba)")
         block = partial(MambaVideoBlock, d_state=d_state, d_conv=d_conv, expand=expand, scan=scan, chunk=scan_chunk)
         super().__init__(temporal_block=block, **kwargs)
-        self.block_options = {"d_state": d_state, "d_conv": d_conv, "expand": expand, "scan": scan}
 
 
 def _signature() -> inspect.Signature:
