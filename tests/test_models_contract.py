@@ -20,8 +20,13 @@ TINY: dict[str, dict] = {
         "image_size": (16, 16), "clip_length": 4, "base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1,
         "attention_resolutions": (2,), "num_heads": 2, "diffusion_steps": 100, "sampling_steps": 4,
     },
+    "mamba_diffusion": {
+        "image_size": (16, 16), "clip_length": 4, "base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1,
+        "attention_resolutions": (2,), "d_state": 4, "diffusion_steps": 100, "sampling_steps": 4,
+    },
 }
-SHAPES = {"conv3d_ae": (2, 1, 8, 32, 32), "convlstm_ae": (2, 1, 4, 64, 64), "st_diffusion": (2, 1, 4, 16, 16)}
+SHAPES = {"conv3d_ae": (2, 1, 8, 32, 32), "convlstm_ae": (2, 1, 4, 64, 64), "st_diffusion": (2, 1, 4, 16, 16),
+          "mamba_diffusion": (2, 1, 4, 16, 16)}
 
 
 def test_every_model_has_a_tiny_config():

@@ -98,7 +98,10 @@ class ThresholdConfig(_Section):
 class ScoreConfig(_Section):
     """From per-pixel maps to frame scores."""
 
-    rule: Literal["mse", "l1", "psnr", "max", "topk", "blob"] = "mse"
+    rule: Literal["mse", "l1", "psnr", "max", "topk", "blob", "ssim"] = "mse"
+    blob_weighting: Literal["area", "log_area", "area_log_area"] = Field(
+        "area", description="rule blob: weight each blob's pixels by its area, log(1 + area) or area log(area)"
+    )
     stride: int | None = Field(None, ge=1, description="frames between detection windows; null = clip_length")
     aggregate: Literal["max", "mean"] = "max"
     smoothing_sigma: float = Field(0.0, ge=0, description="Gaussian smoothing of the score curve, in frames")

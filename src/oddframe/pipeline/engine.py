@@ -23,10 +23,11 @@ from oddframe.data.clips import Clip, collate
 from oddframe.data.layouts import Video
 from oddframe.data.loading import TransformedFrame, iter_frames
 from oddframe.data.transforms import frame_transform
-from oddframe.errors import CheckpointError
+from oddframe.errors import CheckpointError, ConfigError
 from oddframe.features import with_features
 from oddframe.models.base import AnomalyModel
 from oddframe.scoring import MapAccumulator, frame_scores, normalise_scores, smooth_scores
+from oddframe.ssim import ssim_map
 
 
 @dataclass
@@ -102,7 +103,9 @@ class Detector:
         stride: frames between window starts; ``< clip_length`` overlaps windows.
         batch_size: windows per forward pass.
         aggregate: ``"max"`` or ``"mean"`` over the windows covering a frame.
-        rule: frame scoring rule of :func:`oddframe.scoring.frame_scores`.
+        rule: frame scoring rule of :func:`oddframe.scoring.frame_scores`; ``"ssim"`` scores ``1 - SSIM`` maps of
+            the observed against the reconstructed clip (:func:`oddframe.ssim.ssim_map`) instead of the model's map.
+        rule_options: keyword options of the rule (e.g. ``{"weighting": "log_area"}`` for ``"blob"``).
         device: where the model runs (default: :func:`default_device`).
     """
 
@@ -115,10 +118,16 @@ class Detector:
         batch_size: int = 8,
         aggregate: str = "max",
         rule: str = "mse",
+        rule_options: dict[str, object] | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         if aggregate not in ("max", "mean"):
             raise ValueError(f"aggregate must be 'max' or 'mean', got {aggregate!r}")
+        if rule == "ssim" and type(model).reconstruct is AnomalyModel.reconstruct:
+            raise ConfigError(
+                f"score.rule=ssim compares each frame with the model's reconstruction, and "
+                f"{getattr(model, 'model_name', type(model).__name__)} reconstructs nothing; choose another score.rule"
+            )
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.clip_length = clip_length
@@ -128,6 +137,7 @@ class Detector:
         self.batch_size = batch_size
         self.aggregate = aggregate
         self.rule = rule
+        self.rule_options = dict(rule_options or {})
         self.map_power = getattr(model, "map_power", 2)
         self.timing = Timing()
 
@@ -190,7 +200,10 @@ class Detector:
         batch = collate(clips, self.clip_length).to(self.device)
         t0 = time.perf_counter()
         with torch.inference_mode(), self._autocast():
-            maps = self.model.anomaly_map(batch).float()
+            if self.rule == "ssim":  # the one rule that needs the reconstruction rather than the model's map
+                maps = ssim_map(batch.frames, self.model.reconstruct(batch), batch.valid)
+            else:
+                maps = self.model.anomaly_map(batch).float()
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # honest timing: kernels run asynchronously
         self.timing.model += time.perf_counter() - t0
@@ -203,7 +216,9 @@ class Detector:
         for pos, amap in acc.pop_ready(before):
             f = buffer[pos - first]
             t0 = time.perf_counter()
-            score = float(frame_scores(amap[None], f.valid[None], rule=self.rule, map_power=self.map_power)[0])
+            score = float(
+                frame_scores(amap[None], f.valid[None], rule=self.rule, map_power=self.map_power, **self.rule_options)[0]
+            )
             self.timing.scoring += time.perf_counter() - t0
             self.timing.frames += 1
             yield FrameResult(video, f.index, f.time, score, amap.astype(np.float32), f.data, f.valid, f.raw)
@@ -221,6 +236,7 @@ def detector_for(model: AnomalyModel, config: Config, *, device: torch.device | 
         batch_size=config.score.batch_size,
         aggregate=config.score.aggregate,
         rule=config.score.rule,
+        rule_options={"weighting": config.score.blob_weighting} if config.score.rule == "blob" else None,
         device=device,
     )
 
