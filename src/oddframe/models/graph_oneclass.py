@@ -193,6 +193,7 @@ class GraphOneClass(AnomalyModel):
         pretrain_epochs: autoencoder epochs before the centre is fixed (0 = centre of the initial network).
         flow_scale: optical flow (pixels per frame) is divided by this before entering the CNN.
         flow_preset: DIS preset of the flow (``ultrafast``, ``fast``, ``medium``).
+        ae_weight: weight of the autoencoder loss kept during the Deep SVDD phase (0 = the paper's objective).
     """
 
     map_power = 2  # maps are squared distances ||phi(x) - c||^2
@@ -319,17 +320,17 @@ class GraphOneClass(AnomalyModel):
             return masked_mean(err, rearrange(valid, "b t h w -> (b t) 1 h w"))
         dist, node_valid = self.distances(batch)
         d = dist[node_valid]
+        extra = 0.0
+        if self.ae_weight:  # optional: keep the autoencoder loss (not in the paper)
+            err, valid = self._reconstruction_error(batch)
+            extra = self.ae_weight * masked_mean(err, rearrange(valid, "b t h w -> (b t) 1 h w"))
         if self.objective == "one-class":
-            extra = 0.0
-            if self.ae_weight:
-                err, valid = self._reconstruction_error(batch)
-                extra = self.ae_weight * masked_mean(err, rearrange(valid, "b t h w -> (b t) 1 h w"))
             return d.mean() + extra  # Eq. 4
         r2 = self.radius**2
         loss = r2 + (1.0 / self.nu) * F.relu(d - r2).mean()  # Eq. 3
         if self.training:  # R = (1 - nu)-quantile of the distances, as the reference code's get_radius
             self.radius = torch.quantile(d.detach().float().sqrt(), 1 - self.nu).to(self.radius)
-        return loss
+        return loss + extra
 
     def anomaly_map(self, batch: Batch) -> torch.Tensor:
         """Squared distance of each node to ``c`` painted on its cell or frame, ``(B, T, H, W)``; 0 where invalid."""

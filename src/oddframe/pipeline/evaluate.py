@@ -24,8 +24,8 @@ from oddframe.metrics import PixelAUROC, summarise
 from oddframe.pipeline.engine import detector_for, postprocess, stream_video
 from oddframe.pipeline.outputs import Panel, display_frame, render_kwargs, resize_map, write_panels, write_scores_csv
 from oddframe.progress import progress_bar
-from oddframe.scoring import smooth_scores
 from oddframe.runs import HISTORY, load_run, read_calibration
+from oddframe.scoring import smooth_scores
 from oddframe.thresholds import false_positive_rate
 
 

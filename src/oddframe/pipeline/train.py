@@ -119,6 +119,9 @@ def train(
     fabric.seed_everything(tc.seed, verbose=False)
 
     model = build_model(config.model.name, **config.model_kwargs())
+    if model.fit_before_epoch is not None and model.fit_before_epoch >= tc.epochs and any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"{config.model.name} is fitted before epoch {model.fit_before_epoch + 1} (e.g. "
+                          f"model.params.pretrain_epochs) but train.epochs={tc.epochs}: raise train.epochs")
     features = model.derived_inputs()
     augment = ClipAugment(**tc.augment.model_dump(), seed=tc.seed)
     is_identity = not any(tc.augment.model_dump().values())

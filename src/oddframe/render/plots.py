@@ -60,7 +60,6 @@ def plot_loss(
         title: figure title.
         figsize: inches; the PNG is ``figsize * dpi`` pixels.
         dpi: dots per inch.
-        members: optional ``{name: (N,) scores}`` of a fused run's members, drawn as thin lines.
 
     Returns:
         ``path``.
@@ -227,7 +226,6 @@ def plot_roc(
         title: figure title.
         figsize: inches; the PNG is ``figsize * dpi`` pixels.
         dpi: dots per inch.
-        members: optional ``{name: (N,) scores}`` of a fused run's members, drawn as thin lines.
 
     Returns:
         ``path``.
