@@ -24,7 +24,7 @@ from oddframe.pipeline.calibrate import calibrate
 from oddframe.pipeline.evaluate import evaluate
 from oddframe.registry import build_model, list_models
 from oddframe.runs import load_run
-from oddframe.pipeline.train import train
+from oddframe.pipeline.train import fuse, train
 
 __all__ = [
     "Config",
@@ -34,6 +34,7 @@ __all__ = [
     "calibrate",
     "detect",
     "evaluate",
+    "fuse",
     "list_models",
     "load_config",
     "load_dataset",

@@ -157,6 +157,32 @@ def train(
 
 @app.command()
 @_friendly
+def fuse(
+    members: List[Path] = typer.Argument(..., metavar="RUN...", help="Trained run folders to combine."),
+    out: Path = typer.Option(..., "--out", help="Fused run folder to write."),
+    rule: str = typer.Option("sum", help="sum, max or weighted (of the members' calibrated scores and maps)."),
+    weights: Optional[str] = typer.Option(None, help="Comma-separated member weights for --rule weighted."),
+    data: Optional[Path] = typer.Option(None, help="Normal footage to calibrate members on (default: the first's)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    calibrate_after: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Set the threshold after fusing."),
+) -> None:
+    """Combine trained runs into one fused run (each member calibrated on normal training frames)."""
+    from oddframe import api
+
+    w = [float(x) for x in weights.split(",")] if weights else None
+    result = api.fuse([str(m) for m in members], out, rule=rule, weights=w, data=None if data is None else str(data),
+                      overrides=list(set_ or []))
+    out_console.print(f"fused {len(members)} runs ({rule}) in {result.seconds:.1f} s; run in {out}")
+    if calibrate_after:
+        cal = api.calibrate(out)
+        out_console.print(
+            f"threshold {cal['threshold']:.5g} ({cal['method']}); false-positive rate on held-out normal frames "
+            f"{cal['heldout_fpr']:.3f}"
+        )
+
+
+@app.command()
+@_friendly
 def calibrate(
     run: Path = typer.Argument(..., help="Run folder."),
     data: Optional[Path] = typer.Option(None, help="Normal data (default: the run's data.path)."),

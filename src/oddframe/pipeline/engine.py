@@ -26,6 +26,7 @@ from oddframe.data.transforms import frame_transform
 from oddframe.errors import CheckpointError, ConfigError
 from oddframe.features import with_features
 from oddframe.models.base import AnomalyModel
+from oddframe.models.fusion import FusionModel
 from oddframe.scoring import MapAccumulator, frame_scores, normalise_scores, smooth_scores
 from oddframe.ssim import ssim_map
 
@@ -43,6 +44,7 @@ class FrameResult:
         frame: the model input ``(C, H, W)`` in ``[-1, 1]``.
         valid: ``(H, W)`` bool.
         raw: the untransformed frame, when the stream kept it.
+        members: a fused run's calibrated member scores by member name (:mod:`oddframe.pipeline.fusion`).
     """
 
     video: str
@@ -53,6 +55,7 @@ class FrameResult:
     frame: np.ndarray
     valid: np.ndarray
     raw: np.ndarray | None = None
+    members: dict[str, float] | None = None
 
 
 @dataclass
@@ -228,7 +231,11 @@ class Detector:
 
 
 def detector_for(model: AnomalyModel, config: Config, *, device: torch.device | str | None = None) -> Detector:
-    """A :class:`Detector` set up from the run's data and score sections."""
+    """A :class:`Detector` set up from the run's data and score sections (a fused run's members each get theirs)."""
+    if isinstance(model, FusionModel):
+        from oddframe.pipeline.fusion import FusedDetector  # the fused detector builds on this module
+
+        return FusedDetector(model, config, device=device)  # type: ignore[return-value]
     return Detector(
         model,
         clip_length=config.data.clip_length,
@@ -243,6 +250,8 @@ def detector_for(model: AnomalyModel, config: Config, *, device: torch.device | 
 
 def stream_video(detector: Detector, video: Video, config: Config, *, keep_raw: bool = False) -> Iterator[FrameResult]:
     """Score one video of a dataset frame by frame (with the derived inputs its model asks for)."""
+    if hasattr(detector, "stream"):  # a fused detector: each member transforms the decoded frames its own way
+        return detector.stream(video, keep_raw=keep_raw)
     frames = iter_frames(
         video.source,
         frame_transform(config.data),

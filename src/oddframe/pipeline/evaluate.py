@@ -29,6 +29,7 @@ from oddframe.pipeline.engine import detector_for, postprocess, stream_video
 from oddframe.pipeline.outputs import Panel, display_frame, render_kwargs, resize_map, write_panels, write_scores_csv
 from oddframe.progress import progress_bar
 from oddframe.runs import HISTORY, load_run, read_calibration
+from oddframe.scoring import smooth_scores
 from oddframe.thresholds import false_positive_rate
 
 
@@ -84,11 +85,13 @@ def evaluate(
         task = bar.add_task("evaluating", total=sum(len(v.source) // config.data.sample_interval for v in tests))
         for v in tests:
             bar.update(task, description=f"evaluating {v.name}")
-            idx, raw = [], []
+            idx, raw, members = [], [], {}
             linker = TrackLinker()
             for r in stream_video(detector, v, config, keep_raw=True):
                 idx.append(r.index)
                 raw.append(r.score)
+                for name, z in (r.members or {}).items():  # a fused run: each member's calibrated score
+                    members.setdefault(name, []).append(z)
                 gt = None
                 if pixel is not None and r.index < len(v.masks):
                     gt = np.asarray(v.masks[r.index], dtype=bool)
@@ -118,9 +121,11 @@ def evaluate(
             labels = np.asarray(v.labels)[np.asarray(idx)]
             labels_all.append(labels)
             scores_all.append(scores)
-            for i, s, lab in zip(idx, scores, labels):
+            members = {f"member:{k}": smooth_scores(np.asarray(z), config.score.smoothing_sigma) for k, z in members.items()}
+            for j, (i, s, lab) in enumerate(zip(idx, scores, labels)):
                 rows.append({"video": v.name, "frame": i, "score": float(s), "label": int(lab),
-                             "flagged": "" if threshold is None else int(s > threshold)})
+                             "flagged": "" if threshold is None else int(s > threshold),
+                             **{k: float(z[j]) for k, z in members.items()}})
     seconds = time.perf_counter() - t0
     if writer is not None:
         writer.close()
@@ -151,7 +156,8 @@ def evaluate(
         metrics["test_fpr_at_threshold"] = float(false_positive_rate(normal, threshold)) if normal.size else None
         metrics["test_tpr_at_threshold"] = float((anomalous > threshold).mean()) if anomalous.size else None
     write_json(metrics, out / "metrics.json")
-    write_scores_csv(rows, out / "scores.csv", ["video", "frame", "score", "label", "flagged"])
+    member_columns = [k for k in (rows[0] if rows else {}) if k.startswith("member:")]
+    write_scores_csv(rows, out / "scores.csv", ["video", "frame", "score", "label", "flagged", *member_columns])
     save_config(config, out / "config.yaml")
     if (run_dir / HISTORY).is_file():
         shutil.copy(run_dir / HISTORY, out / HISTORY)

@@ -17,7 +17,7 @@ from lightning_fabric import Fabric
 from torch.utils.data import DataLoader, DistributedSampler
 
 from oddframe import runs
-from oddframe.config import Config
+from oddframe.config import Config, config_from_dict
 from oddframe.data.augment import ClipAugment
 from oddframe.data.clips import Batch, collate
 from oddframe.data.layouts import load_dataset
@@ -27,6 +27,8 @@ from oddframe.data.transforms import frame_transform
 from oddframe.errors import CheckpointError, ConfigError
 from oddframe.features import with_features
 from oddframe.models.base import AnomalyModel
+from oddframe.models.fusion import FUSION
+from oddframe.pipeline.fusion import FusedDetector, member_statistics
 from oddframe.progress import progress_bar
 from oddframe.registry import build_model
 
@@ -107,6 +109,8 @@ def train(
         on_epoch_end: called with ``(epoch, mean_loss)`` after each epoch's checkpoint is written.
     """
     run_dir = Path(out)
+    if config.model.name == FUSION:
+        return _fit_fusion(config, run_dir, resume=resume, progress=progress)
     state_path = run_dir / runs.STATE
     if resume and not state_path.is_file():
         raise CheckpointError(f"{run_dir}: nothing to resume ({runs.STATE} is missing)")
@@ -120,6 +124,9 @@ def train(
     fabric.seed_everything(tc.seed, verbose=False)
 
     model = build_model(config.model.name, **config.model_kwargs())
+    if model.fit_before_epoch is not None and model.fit_before_epoch >= tc.epochs and any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"{config.model.name} is fitted before epoch {model.fit_before_epoch + 1} (e.g. "
+                          f"model.params.pretrain_epochs) but train.epochs={tc.epochs}: raise train.epochs")
     features = model.derived_inputs()
     augment = ClipAugment(**tc.augment.model_dump(), seed=tc.seed)
     is_identity = not any(tc.augment.model_dump().values())
@@ -339,4 +346,74 @@ def _fit_only(
     runs.save_weights(model, run_dir / runs.WEIGHTS)
     runs.write_history([{"epoch": 1, "step": 0, "loss": float("nan"), "lr": 0.0, "seconds": seconds}], run_dir)
     frames = len(dataset) * config.data.clip_length
+    return TrainResult(run_dir, 1, float("nan"), seconds, frames / max(seconds, 1e-9), fitted_only=True)
+
+
+# --- Fusion: trained runs combined; "training" calibrates each member on normal frames ---------------------------
+
+
+def fusion_config(
+    members: list[str], *, rule: str = "sum", weights: list[float] | None = None, data: str | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+) -> Config:
+    """The config of a fusion of trained run folders (``oddframe fuse``); ``data`` defaults to the first member's."""
+    params: dict[str, Any] = {"members": [str(m) for m in members], "rule": rule}
+    if weights is not None:
+        params["weights"] = list(weights)
+    base: dict[str, Any] = {"model": {"name": FUSION, "params": params}, "score": {"normalise": "calibrated"}}
+    if data is not None:
+        base["data"] = {"path": str(data)}
+    return config_from_dict(base, overrides)
+
+
+def fuse(
+    members: list[str], out: str | Path, *, rule: str = "sum", weights: list[float] | None = None,
+    data: str | None = None, overrides: tuple[str, ...] | list[str] = (), progress: bool = True,
+) -> TrainResult:
+    """``oddframe fuse``: combine trained runs into one fused run folder (see :func:`fusion_config`)."""
+    config = fusion_config(members, rule=rule, weights=weights, data=data, overrides=overrides)
+    return train(config, out, progress=progress)
+
+
+def _fit_fusion(config: Config, run_dir: Path, *, resume: bool, progress: bool) -> TrainResult:
+    """Fuse trained runs: embed their configs and weights, calibrate each on normal training frames, write the run.
+
+    The normal frames are those calibration uses: the held-out training videos (``data.holdout_videos``) when the
+    fused config has some, else the training videos of ``data.path`` (default: the first member's).
+    """
+    if resume:
+        raise CheckpointError(f"{run_dir}: a fusion is fitted in one pass; there is nothing to resume")
+    if (run_dir / runs.WEIGHTS).exists():
+        raise CheckpointError(f"{run_dir} already holds a run; choose another --out")
+    t0 = time.perf_counter()
+    members = config.model.params.get("members") or []
+    if not members or not all(isinstance(m, str) for m in members):
+        raise ConfigError("model.params.members: list the trained run folders to fuse, e.g. [runs/a, runs/b]")
+    loaded = [runs.load_run(m) for m in members]
+    resolved = config.to_dict()
+    resolved["model"]["params"]["members"] = [c.to_dict() for _, c in loaded]
+    # The first member's data settings (path, size of the shown frame), with what the fused config sets on top.
+    resolved["data"] = loaded[0][1].data.model_dump(mode="json")
+    resolved["data"].update({k: v for k, v in config.data.model_dump(mode="json").items() if k in config.data.model_fields_set})
+    config = config_from_dict(resolved)
+    model = build_model(FUSION, **config.model_kwargs())
+    for target, (source, _) in zip(model.members, loaded):
+        target.load_state_dict(source.state_dict())
+    if not config.data.path:
+        raise ConfigError("no normal data to calibrate the fusion members on: set data.path")
+    train_videos = load_dataset(config.data.path).train
+    k = config.data.holdout_videos
+    videos = train_videos[len(train_videos) - k:] if k else train_videos
+    detector = FusedDetector(model, config, device="cpu")
+    with progress_bar(progress) as bar:
+        task = bar.add_task("calibrating fusion members on normal frames",
+                            total=sum(len(v.source) // config.data.sample_interval for v in videos))
+        stats = member_statistics(detector, videos, seed=config.train.seed, progress=lambda: bar.advance(task))
+    model.set_calibration(**stats)
+    seconds = time.perf_counter() - t0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_config(config, run_dir)
+    runs.save_weights(model, run_dir / runs.WEIGHTS)
+    runs.write_history([{"epoch": 1, "step": 0, "loss": float("nan"), "lr": 0.0, "seconds": seconds}], run_dir)
+    frames = detector.timing.frames
     return TrainResult(run_dir, 1, float("nan"), seconds, frames / max(seconds, 1e-9), fitted_only=True)

@@ -75,6 +75,7 @@ class Scores:
     scores: list[float] = field(default_factory=list)
     labels: list[float] = field(default_factory=list)
     flagged: list[int | None] = field(default_factory=list)
+    members: dict[str, list[float]] = field(default_factory=dict)  #: a fused run's ``member:<name>`` columns
 
 
 def _read_metrics(path: Path) -> dict[str, Any] | None:
@@ -107,6 +108,9 @@ def read_scores(path: Path) -> Scores | None:
                 out.scores.append(float(row["score"]))
                 out.labels.append(float(label) if label else math.nan)
                 out.flagged.append(int(flag) if flag else None)
+                for key in reader.fieldnames or []:
+                    if key.startswith("member:"):
+                        out.members.setdefault(key.removeprefix("member:"), []).append(float(row[key] or "nan"))
             except (TypeError, ValueError) as e:
                 raise CheckpointError(f"{path}, line {line}: bad value ({e}) in {row}") from e
             out.videos.append(row["video"])
@@ -260,11 +264,14 @@ def _make_plots(folder: Path, scores: Scores | None, history: list[dict] | None,
         labels = scores.labels if any(lab in (0.0, 1.0) for lab in scores.labels) else None
         if len(names) <= MAX_SCORE_PANELS:  # one panel per video
             plot_scores(scores.frames, scores.scores, folder / SCORES_PNG, labels=labels, threshold=threshold,
-                        videos=scores.videos, title="Frame scores per video (higher = more unusual)")
+                        videos=scores.videos, title="Frame scores per video (higher = more unusual)",
+                        members=scores.members or None)
         else:  # many short videos: one curve of all scored frames end to end, in file order
             plot_scores(list(range(len(scores.scores))), scores.scores, folder / SCORES_PNG, labels=labels,
                         threshold=threshold, title=f"Frame scores of all {len(names)} videos end to end")
     caption = "Frame scores; shaded = ground-truth anomalous frames; dashed = threshold."
+    if scores.members:
+        caption += " Thin lines: each fused member's score, calibrated on normal training frames (z-score)."
     if len(names) > MAX_SCORE_PANELS:
         caption = f"Frame scores of the {len(names)} videos end to end (x = running frame number); " + caption
     figures.append((SCORES_PNG, caption))
