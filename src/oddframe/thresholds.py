@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from oddframe.scoring import to_numpy
 
@@ -211,3 +212,64 @@ def calibrate(
         n_heldout=int(np.isfinite(held).sum()),
         heldout_fpr=false_positive_rate(held, threshold),
     )
+
+
+# --- Per-pixel thresholds of anomaly maps: where a map is unusual relative to normal footage ------------------
+
+
+def smooth_map(amap: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of an ``(H, W)`` map (``sigma`` in map pixels, 0 = none): pools each pixel with its neighbours,
+    so single noisy pixels do not make regions. Non-finite values count as 0."""
+    a = np.nan_to_num(np.asarray(amap, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return ndimage.gaussian_filter(a, sigma, mode="nearest") if sigma > 0 else a
+
+
+class PixelThresholdFit:
+    """Per-pixel thresholds of anomaly maps from maps of normal frames, in one streaming pass.
+
+    Each pixel's threshold is the ``quantile`` of its (smoothed) values over normal frames, estimated from a
+    uniform reservoir sample of at most ``capacity`` maps (Vitter's algorithm R, so memory stays bounded on long
+    footage), smoothed spatially by the same Gaussian (neighbouring pixels share their evidence), and floored at the
+    ``floor_quantile`` of all normal values: a pixel that never changes in normal footage (a wall) would otherwise
+    get a threshold near 0 and flag compression noise. A pixel of a new map is unusual where it exceeds its threshold.
+
+    Args:
+        quantile: per-pixel quantile in (0, 1), e.g. 0.999.
+        floor_quantile: quantile of all normal pixel values used as the lowest threshold, in [0, 1).
+        smoothing: Gaussian sigma in map pixels applied to every map (and to the threshold map).
+        capacity: maps kept in the reservoir.
+        seed: seed of the reservoir's random choice.
+    """
+
+    def __init__(self, *, quantile: float = 0.999, floor_quantile: float = 0.99, smoothing: float = 1.0,
+                 capacity: int = 256, seed: int = 0) -> None:
+        if not 0 < quantile < 1 or not 0 <= floor_quantile < 1:
+            raise ValueError(f"need 0 < quantile < 1 and 0 <= floor_quantile < 1, got {quantile}, {floor_quantile}")
+        if capacity < 1 or smoothing < 0:
+            raise ValueError(f"need capacity >= 1 and smoothing >= 0, got {capacity}, {smoothing}")
+        self.quantile, self.floor_quantile, self.smoothing = quantile, floor_quantile, smoothing
+        self.capacity, self.n = capacity, 0
+        self._rng = np.random.default_rng(seed)
+        self._kept: list[np.ndarray] = []
+
+    def add(self, amap: np.ndarray) -> None:
+        """Take one normal frame's ``(H, W)`` map; every map must have the shape of the first."""
+        m = smooth_map(amap, self.smoothing)
+        if self._kept and m.shape != self._kept[0].shape:
+            raise ValueError(f"maps of one fit must share a shape: {self._kept[0].shape} then {m.shape}")
+        self.n += 1
+        if len(self._kept) < self.capacity:
+            self._kept.append(m)
+        else:
+            j = int(self._rng.integers(0, self.n))
+            if j < self.capacity:
+                self._kept[j] = m
+
+    def result(self) -> tuple[np.ndarray, float]:
+        """``(threshold map (H, W) float32, floor)``; ValueError before any map was added."""
+        if not self._kept:
+            raise ValueError("no normal map was added: cannot set per-pixel thresholds")
+        stack = np.stack(self._kept)
+        floor = float(np.quantile(stack, self.floor_quantile))
+        per_pixel = smooth_map(np.quantile(stack, self.quantile, axis=0), self.smoothing)
+        return np.maximum(per_pixel, max(floor, 1e-12)).astype(np.float32), floor

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,14 @@ from oddframe.errors import ConfigError
 from oddframe.files import write_json
 from oddframe.metrics import PixelAUROC, summarise
 from oddframe.pipeline.engine import detector_for, postprocess, stream_video
-from oddframe.pipeline.outputs import Panel, display_frame, render_kwargs, resize_map, write_panels, write_scores_csv
+from oddframe.pipeline.outputs import (Panel, display_frame, exclusive_output, render_kwargs, resize_map, write_panels,
+                                      write_scores_csv)
 from oddframe.progress import progress_bar
 from oddframe.runs import HISTORY, load_run, read_calibration
 from oddframe.thresholds import false_positive_rate
 
 
+@exclusive_output("oddframe eval", marker="metrics.json")
 def evaluate(
     run_dir: str | Path,
     data: str | Path,
@@ -47,7 +50,7 @@ def evaluate(
     ground-truth masks when the layout has them. ``labelled_panels`` > 0 also saves that many panels (frame |
     map) of labelled anomalous frames to ``labelled/``, to show how the model sees the known anomalies.
     """
-    from oddframe.render.overlay import compose_panel
+    from oddframe.render.panel import compose_panel
     from oddframe.render.video import AnomalyVideoWriter
 
     run_dir, out = Path(run_dir), Path(out)
@@ -63,12 +66,12 @@ def evaluate(
     detector = detector_for(model, config, device=device)
     has_masks = all(v.masks is not None for v in tests)
     pixel = PixelAUROC() if has_masks else None
-    rkw = render_kwargs(config, model)
+    rkw = render_kwargs(config, model, run_dir)
     writer = AnomalyVideoWriter(out / "anomaly.mp4", fps=config.render.fps or 10.0, **rkw) if video else None
     top: list[tuple[float, int, Panel]] = []
     labelled: list[Panel] = []
     labels_all, scores_all, rows = [], [], []
-    counter = 0
+    counter = n_invalid = 0
     t0 = time.perf_counter()
     with progress_bar(progress) as bar:
         task = bar.add_task("evaluating", total=sum(len(v.source) // config.data.sample_interval for v in tests))
@@ -79,7 +82,7 @@ def evaluate(
                 idx.append(r.index)
                 raw.append(r.score)
                 gt = None
-                if pixel is not None and r.index < len(v.masks):
+                if pixel is not None and r.index < len(v.masks) and not r.invalid:
                     gt = np.asarray(v.masks[r.index], dtype=bool)
                     pixel.update(resize_map(r.amap, gt.shape)[None], gt[None])
                 shown = display_frame(r)
@@ -91,7 +94,7 @@ def evaluate(
                 if labelled_panels and len(labelled) < labelled_panels and v.labels[r.index]:
                     labelled.append(Panel(r.score, v.name, r.index, compose_panel(
                         shown, big_map, gt_mask=gt_shown, title=f"{v.name} #{r.index}", **rkw)))
-                if config.render.top_frames:
+                if config.render.top_frames and not r.invalid:
                     counter += 1
                     if len(top) < config.render.top_frames or r.score > top[0][0]:
                         panel = compose_panel(shown, big_map, gt_mask=gt_shown, title=f"{v.name} #{r.index}", **rkw)
@@ -100,11 +103,13 @@ def evaluate(
                 bar.advance(task)
             scores = postprocess(np.asarray(raw), config, reference)
             labels = np.asarray(v.labels)[np.asarray(idx)]
-            labels_all.append(labels)
-            scores_all.append(scores)
-            for i, s, lab in zip(idx, scores, labels):
-                rows.append({"video": v.name, "frame": i, "score": float(s), "label": int(lab),
-                             "flagged": "" if threshold is None else int(s > threshold)})
+            scored = np.isfinite(scores)  # frames with too few valid pixels have no score: left out, counted
+            n_invalid += int((~scored).sum())
+            labels_all.append(labels[scored])
+            scores_all.append(scores[scored])
+            for i, s, lab, ok in zip(idx, scores, labels, scored):
+                rows.append({"video": v.name, "frame": i, "score": float(s), "label": int(lab), "invalid": int(not ok),
+                             "flagged": "" if threshold is None or not ok else int(s > threshold)})
     seconds = time.perf_counter() - t0
     if writer is not None:
         writer.close()
@@ -120,14 +125,18 @@ def evaluate(
         "data": str(data),
         "layout": dataset.layout,
         "threshold": threshold,
+        "n_invalid_frames": n_invalid,
     })
+    if n_invalid:
+        warnings.warn(f"{n_invalid} test frame(s) have too few valid pixels to be scored (score.min_valid_fraction="
+                      f"{config.score.min_valid_fraction}); they are left out of every metric", stacklevel=2)
     if threshold is not None:
         normal = np.concatenate([s[lab == 0] for s, lab in zip(scores_all, labels_all)])
         anomalous = np.concatenate([s[lab == 1] for s, lab in zip(scores_all, labels_all)])
         metrics["test_fpr_at_threshold"] = float(false_positive_rate(normal, threshold)) if normal.size else None
         metrics["test_tpr_at_threshold"] = float((anomalous > threshold).mean()) if anomalous.size else None
     write_json(metrics, out / "metrics.json")
-    write_scores_csv(rows, out / "scores.csv", ["video", "frame", "score", "label", "flagged"])
+    write_scores_csv(rows, out / "scores.csv", ["video", "frame", "score", "label", "flagged", "invalid"])
     save_config(config, out / "config.yaml")
     if (run_dir / HISTORY).is_file():
         shutil.copy(run_dir / HISTORY, out / HISTORY)
