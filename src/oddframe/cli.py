@@ -103,11 +103,16 @@ def synth(
 def inspect(
     path: Path = typer.Argument(..., help="A dataset folder, a video, an image folder, FITS files or an array."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    quick: bool = typer.Option(False, "--quick", help="Do not decode every frame (no frame checks, no short videos)."),
 ) -> None:
-    """Show what oddframe reads at PATH: layout or source type, videos, frames, labels, masks, problems."""
+    """Show what oddframe reads at PATH: layout or source type, videos, frames, labels, masks, problems.
+
+    Every frame is decoded to find blank, constant, all-NaN and duplicated frames and videos shorter than their
+    header says; --quick skips that.
+    """
     from oddframe.data.inspect import format_inspect, inspect_path
 
-    info = inspect_path(path)
+    info = inspect_path(path, decode=not quick, progress=True)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
     else:
