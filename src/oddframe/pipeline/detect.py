@@ -192,21 +192,21 @@ def detect(
     video = Path(video) if video is not None else None
     args = {"checkpoint": str(Path(run_dir).resolve()), "input": str(Path(input_path).resolve()),
             "overrides": list(overrides), "maps": maps, "video": str(video.resolve()) if video else None}
+    model, config = load_run(run_dir, overrides=overrides)  # a bad config or run is refused before out is touched
     with contextlib.ExitStack() as stack:
         stack.enter_context(output_lock(out, "oddframe detect"))
         if video is not None:
             stack.enter_context(output_lock(video, "oddframe detect", folder=False))
         _claim_outputs(out, video, args, overwrite=overwrite, resume=resume)
         stop = stack.enter_context(StopRequest("detection"))
-        return _detect(run_dir, input_path, out, video, args, overrides=overrides, maps=maps, progress=progress,
+        return _detect(model, config, run_dir, input_path, out, video, args, maps=maps, progress=progress,
                        device=device, resume=resume, stop=stop, t_start=t_start)
 
 
-def _detect(run_dir, input_path, out: Path, video: Path | None, args: dict[str, Any], *, overrides, maps: bool,
+def _detect(model, config, run_dir, input_path, out: Path, video: Path | None, args: dict[str, Any], *, maps: bool,
             progress: bool, device: str | None, resume: bool, stop: StopRequest, t_start: float) -> DetectSummary:
     from oddframe.render.video import AnomalyVideoWriter, BackgroundVideoWriter, partial_path
 
-    model, config = load_run(run_dir, overrides=overrides)
     calibration = read_calibration(run_dir)
     reference = calibration.get("reference") if calibration else None
     threshold = calibration.get("threshold") if calibration else None
