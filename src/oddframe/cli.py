@@ -25,8 +25,9 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Find what is unusual in video and image sequences without labelled anomalies.",
 )
-console = Console(stderr=True)
-out_console = Console()
+# soft_wrap: messages are never cut into lines (a path or an --set value must stay whole); tables still fit the width.
+console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
 
 SET_HELP = "Override a config value, e.g. --set train.epochs=5 (repeatable)."
 
@@ -41,16 +42,16 @@ def _friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except Interrupted as exc:  # stopped by a signal after saving: say what was written, exit 128 + signal
-            console.print(f"stopped: {exc}", style="bold yellow", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"stopped: {exc}", style="bold yellow", markup=False, highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             console.print("interrupted", style="bold yellow", markup=False, highlight=False)
             raise typer.Exit(130) from None
         except OddframeError as exc:
-            console.print(f"error: {exc}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"error: {exc}", style="bold red", markup=False, highlight=False)
             raise typer.Exit(2) from None
         except (ValueError, FileNotFoundError) as exc:
-            console.print(f"error: {exc}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"error: {exc}", style="bold red", markup=False, highlight=False)
             raise typer.Exit(2) from None
         finally:
             warnings.showwarning = previous
@@ -60,7 +61,7 @@ def _friendly(fn: Callable) -> Callable:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one readable line ("warning: ..."), not Python's file:line and source echo."""
-    console.print(f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
 
 
 def _metrics_table(metrics: dict, title: str) -> Table:
@@ -226,12 +227,12 @@ def detect(
     flagged = f"; {s.n_flagged} flagged" if s.threshold is not None else ""
     invalid = f"; {s.n_invalid} without a score (too few valid pixels)" if s.n_invalid else ""
     out_console.print(f"scored {s.n_frames} frames of {s.n_videos} video(s){resumed} at {t['fps']:.1f} frames/s"
-                      f"{flagged}{invalid}", highlight=False, soft_wrap=True)
+                      f"{flagged}{invalid}", highlight=False)
     line = f"time {t['wall_s']:.1f} s = {stages} s"
     if "render_s" in t:
         line += f"; in the video writer's thread, in parallel: render {t['render_s']:.1f} s, encode {t['encode_s']:.1f} s"
-    out_console.print(line, highlight=False, soft_wrap=True)
-    out_console.print("written: " + ", ".join(str(p) for p in s.files), highlight=False, soft_wrap=True)
+    out_console.print(line, highlight=False)
+    out_console.print("written: " + ", ".join(str(p) for p in s.files), highlight=False)
 
 
 @app.command(name="eval")
