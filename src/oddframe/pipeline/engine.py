@@ -158,9 +158,13 @@ class Detector:
         acc = MapAccumulator(how=self.aggregate)
         next_start, covered, n = 0, 0, 0
         it = iter(frames)
+        failure: Exception | None = None  # a source that breaks part-way: score what came before, then raise it
         while True:
             t0 = time.perf_counter()
-            frame = next(it, None)
+            try:
+                frame = next(it, None)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, once the frames read so far are out
+                frame, failure = None, exc
             self.timing.decode += time.perf_counter() - t0
             done = frame is None
             if not done:
@@ -182,6 +186,8 @@ class Detector:
                 buffer.popleft()
                 first += 1
             if done:
+                if failure is not None:
+                    raise failure
                 return
 
     def _forward(self, starts: list[int], buffer: deque, first: int, acc: MapAccumulator, video: str) -> None:
