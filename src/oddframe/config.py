@@ -126,8 +126,11 @@ class RenderConfig(_Section):
     top_frames: int = Field(8, ge=0, description="most anomalous frames shown in the report")
     box_quantile: float = Field(0.999, gt=0, lt=1, description="a pixel is unusual above this quantile of its values "
                                 "in normal maps (per-pixel thresholds set by oddframe calibrate)")
-    box_floor_quantile: float = Field(0.99, ge=0, lt=1, description="lowest per-pixel threshold: this quantile of "
-                                      "all normal map values (static areas would flag noise otherwise)")
+    box_floor_quantile: float = Field(0.5, ge=0, lt=1, description="lowest per-pixel threshold: this quantile of "
+                                      "all normal map values (where normal maps are exactly 0, e.g. black borders, "
+                                      "any change would be unusual otherwise)")
+    box_normal_rate: float = Field(0.01, gt=0, lt=1, description="share of normal frames that may show a box: "
+                                   "calibration raises the per-pixel thresholds until no more do")
     box_smoothing: float = Field(1.0, ge=0, description="Gaussian sigma (model pixels) of maps before thresholding")
     box_high_ratio: float = Field(3.0, gt=1, description="a region is high-level (light blue) where the map "
                                   "reaches this multiple of its threshold; low-level (red) from 1x")

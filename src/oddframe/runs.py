@@ -262,7 +262,8 @@ def write_pixel_thresholds(run_dir: Path, fit: PixelThresholdFit, config: Config
     atomic_write(Path(run_dir) / PIXEL_THRESHOLDS,
                  lambda tmp: save_file({"threshold": torch.from_numpy(np.ascontiguousarray(tmap))}, str(tmp)))
     return {"file": PIXEL_THRESHOLDS, "quantile": fit.quantile, "floor_quantile": fit.floor_quantile, "floor": floor,
-            "smoothing": fit.smoothing, "shape": list(tmap.shape), "n_maps": fit.n}
+            "margin": fit.margin, "normal_rate": fit.normal_rate, "min_area": fit.min_area, "smoothing": fit.smoothing,
+            "shape": list(tmap.shape), "n_maps": fit.n}
 
 
 def read_pixel_thresholds(run_dir: str | Path) -> tuple[np.ndarray, dict[str, Any]] | None:

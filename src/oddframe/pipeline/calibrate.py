@@ -101,7 +101,7 @@ def _calibrate(
     detector = detector_for(model, config, device=device)
     r = config.render
     pixels = PixelThresholdFit(quantile=r.box_quantile, floor_quantile=r.box_floor_quantile, smoothing=r.box_smoothing,
-                               seed=config.train.seed)
+                               normal_rate=r.box_normal_rate, min_area=r.box_min_area, seed=config.train.seed)
     if is_prepared(path):
         raw = _prepared_scores(detector, path, config, progress, pixels)
         source = "prepared training clips kept by the review (seen in training: the threshold is optimistic)"

@@ -36,6 +36,7 @@ from oddframe.pipeline.outputs import (
     display_frame,
     render_kwargs,
     resize_map,
+    shown_size,
     video_fps,
     write_scores_csv,
 )
@@ -314,8 +315,9 @@ def _panel_maker(r: FrameResult, score: float, flagged: bool | None):
 
     def make(calibrated: bool) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         shown = display_frame(r)
-        return shown, r.amap if calibrated else resize_map(r.amap, shown.shape[-2:]), {"title": f"{r.video} #{r.index}", "frame_loss": score, "flagged": flagged,
-                               "invalid": r.invalid}
+        amap = r.amap if calibrated else resize_map(r.amap, shown_size(shown))
+        return shown, amap, {"title": f"{r.video} #{r.index}", "frame_loss": score, "flagged": flagged,
+                             "invalid": r.invalid}
 
     return make
 

@@ -23,8 +23,8 @@ from oddframe.errors import ConfigError
 from oddframe.files import write_json
 from oddframe.metrics import PixelAUROC, summarise
 from oddframe.pipeline.engine import detector_for, postprocess, stream_video
-from oddframe.pipeline.outputs import (Panel, display_frame, exclusive_output, render_kwargs, resize_map, write_panels,
-                                      write_scores_csv)
+from oddframe.pipeline.outputs import (Panel, display_frame, exclusive_output, render_kwargs, resize_map, shown_size,
+                                      write_panels, write_scores_csv)
 from oddframe.progress import progress_bar
 from oddframe.runs import HISTORY, load_run, read_calibration
 from oddframe.thresholds import false_positive_rate
@@ -87,8 +87,8 @@ def evaluate(
                     pixel.update(resize_map(r.amap, gt.shape)[None], gt[None])
                 shown = display_frame(r)
                 if writer is not None or config.render.top_frames or labelled_panels:
-                    big_map = resize_map(r.amap, shown.shape[-2:])
-                    gt_shown = None if gt is None else cv2.resize(gt.astype(np.uint8), shown.shape[-1:-3:-1], interpolation=cv2.INTER_NEAREST).astype(bool)
+                    big_map = resize_map(r.amap, shown_size(shown))
+                    gt_shown = None if gt is None else cv2.resize(gt.astype(np.uint8), shown_size(shown)[::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
                 if writer is not None:
                     writer.write(shown, big_map, gt_mask=gt_shown, title=f"{v.name} #{r.index}")
                 if labelled_panels and len(labelled) < labelled_panels and v.labels[r.index]:

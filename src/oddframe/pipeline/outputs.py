@@ -245,15 +245,18 @@ def render_kwargs(config: Config, model: AnomalyModel, run_dir: Path | None = No
 
 
 def display_frame(r: FrameResult) -> np.ndarray:
-    """The frame to show: the original (scaled to ``[-1, 1]``) when kept, else the model input; ``(C, H, W)``."""
-    if r.raw is None:
+    """The frame to show: the original 8-bit frame as decoded, ``(H, W)`` or ``(H, W, 3)`` uint8, when kept, else
+    the model input ``(C, H, W)`` in ``[-1, 1]`` (float or 16-bit data: the model input's scaling is per frame)."""
+    if r.raw is None or r.raw.dtype != np.uint8:
         return r.frame
-    raw = r.raw.astype(np.float32)
-    if r.raw.dtype == np.uint8:
-        raw = raw / 127.5 - 1.0
-    else:  # float or 16-bit data: the model input's scaling is per frame, so show the model input instead
-        return r.frame
-    return raw[None] if raw.ndim == 2 else np.moveaxis(raw, -1, 0)
+    if r.raw.ndim == 3 and r.raw.shape[2] == 4:
+        return np.ascontiguousarray(r.raw[:, :, :3])  # alpha dropped
+    return r.raw[:, :, 0] if r.raw.ndim == 3 and r.raw.shape[2] == 1 else r.raw
+
+
+def shown_size(frame: np.ndarray) -> tuple[int, int]:
+    """``(H, W)`` of a frame from :func:`display_frame` (8-bit frames are ``(H, W[, 3])``, others ``(C, H, W)``)."""
+    return tuple(frame.shape[:2]) if frame.dtype == np.uint8 else tuple(frame.shape[-2:])  # type: ignore[return-value]
 
 
 def resize_map(amap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -27,6 +27,7 @@ from oddframe.errors import CheckpointError, ConfigError, Interrupted
 from oddframe.features import with_features
 from oddframe.files import output_lock
 from oddframe.models.base import AnomalyModel
+from oddframe.pipeline.engine import warn_conversions
 from oddframe.progress import progress_bar
 from oddframe.stopping import StopRequest
 
@@ -63,6 +64,7 @@ def training_videos(
         videos = videos[: len(videos) - config.data.holdout_videos]
     if not videos:
         raise ConfigError(f"{config.data.path}: the {layout} layout has no training videos")
+    warn_conversions(videos, config)
     transform = frame_transform(config.data)
     out = []
     with progress_bar(progress) as bar:

@@ -11,7 +11,7 @@ threshold``, 1 = as high as normal footage gets there) and boxes surround the fe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import cv2
@@ -23,6 +23,7 @@ from oddframe.render.overlay import (
     _LINE_H,
     BOX_COLOURS,
     LEVELS,
+    Box,
     MODES,
     STYLES,
     _to_numpy,
@@ -81,6 +82,12 @@ def _colour_bar(height: int, vmax: float, ticks: Sequence[tuple[float, tuple[int
     return out
 
 
+def _scale_box(box: Box, sx: float, sy: float, w: int, h: int) -> Box:
+    """A box of a map shown ``sx`` x ``sy`` times larger, still covering its pixels, inside ``w`` x ``h``."""
+    return replace(box, x0=int(box.x0 * sx), y0=int(box.y0 * sy), x1=min(w, math.ceil(box.x1 * sx)),
+                   y1=min(h, math.ceil(box.y1 * sy)))
+
+
 def _status_line(title: str | None, flagged: bool | None, invalid: bool) -> _Line | None:
     """The frame's name and verdict: FLAGGED (red), normal (green), or no score (too few valid pixels)."""
     if title is None and flagged is None and not invalid:
@@ -119,9 +126,11 @@ def compose_panel(
     """One video frame of the anomaly video: frame | heatmap + colour bar, boxes, and a text header.
 
     Args:
-        frame: ``(H, W)`` or ``(C, H, W)`` floats in ``[-1, 1]``.
+        frame: ``(H, W)`` or ``(C, H, W)`` floats in ``[-1, 1]``, or a decoded 8-bit frame ``(H, W)`` /
+            ``(H, W, 3)`` uint8 (see :func:`frame_to_rgb`).
         amap: anomaly map ``>= 0`` (``|error| ** map_power``): ``(H, W)``, or with ``box_rule`` any size (the
-            model's resolution: it is compared with the thresholds there and the result resized to the frame).
+            model's resolution: it is compared with the thresholds there, and boxes and colours are scaled to the
+            frame).
         map_power: power the map was made with; converts it to the ``[0, 1]`` loss (:func:`unit_loss`).
         mode: ``"both"``: boxes on the frame and the heatmap; ``"boxes"``: boxes on the frame only (clean
             heatmap); ``"heatmap"``: no boxes.
@@ -158,21 +167,24 @@ def compose_panel(
     left = frame_to_rgb(frame, scale=frame_scale, cmap=frame_cmap)
     h, w = left.shape[:2]
     if box_rule is not None:
-        ratio = exceedance(_to_numpy(amap), box_rule)
-        if ratio.shape != (h, w):
-            ratio = cv2.resize(ratio, (w, h), interpolation=cv2.INTER_LINEAR)
-        boxes = find_regions(ratio, box_rule)
+        # Regions and colours at the model's resolution (where the thresholds live), then scaled to the frame:
+        # min_area and merge are fractions of the frame, so they mean the same at both sizes.
+        heat = exceedance(_to_numpy(amap), box_rule)
+        sy, sx = h / heat.shape[0], w / heat.shape[1]
+        boxes = [_scale_box(b, sx, sy, w, h) for b in find_regions(heat, box_rule)]
         top = 2.0 * box_rule.high_ratio
-        heat, ticks, unit = ratio, [(1.0, BOX_COLOURS["low"]), (box_rule.high_ratio, BOX_COLOURS["high"])], "x"
-        loss = None
+        ticks, unit = [(1.0, BOX_COLOURS["low"]), (box_rule.high_ratio, BOX_COLOURS["high"])], "x"
+        right = colorize(heat, vmin=0.0, vmax=top, cmap=cmap)
+        if right.shape[:2] != (h, w):
+            right = cv2.resize(right, (w, h), interpolation=cv2.INTER_LINEAR)
     else:
-        loss = unit_loss(amap, map_power)
-        if loss.shape != (h, w):
-            raise ValueError(f"anomaly map shape {loss.shape} does not match frame size {(h, w)}")
-        boxes = find_boxes(loss, threshold_low=threshold_low, threshold_high=threshold_high, min_area=min_area)
-        top = max(float(loss.max()), threshold_high) if vmax is None else float(vmax)
-        heat, ticks, unit = loss, list(zip((threshold_low, threshold_high), (BOX_COLOURS[k] for k in LEVELS))), ""
-    right = colorize(heat, vmin=0.0, vmax=top, cmap=cmap)
+        heat = unit_loss(amap, map_power)
+        if heat.shape != (h, w):
+            raise ValueError(f"anomaly map shape {heat.shape} does not match frame size {(h, w)}")
+        boxes = find_boxes(heat, threshold_low=threshold_low, threshold_high=threshold_high, min_area=min_area)
+        top = max(float(heat.max()), threshold_high) if vmax is None else float(vmax)
+        ticks, unit = list(zip((threshold_low, threshold_high), (BOX_COLOURS[k] for k in LEVELS))), ""
+        right = colorize(heat, vmin=0.0, vmax=top, cmap=cmap)
 
     f = max(int(scale), math.ceil(min_height / h) if h < min_height else 1)
     if f > 1:
@@ -204,10 +216,10 @@ def compose_panel(
         lines.append(_Line(f"score {score}   boxes {len(boxes)} (strong {len(boxes) - n_low})   "
                            f"peak {peak:.1f}x the normal maximum here"))
     else:
-        shown_loss = float(loss.mean()) if frame_loss is None else float(frame_loss)
+        shown_loss = float(heat.mean()) if frame_loss is None else float(frame_loss)
         lines += [
             _Line(f"boxes {len(boxes)} (low {n_low}, high {len(boxes) - n_low})   loss {shown_loss:.4f}"),
-            _Line(f"global loss  mean {loss.mean():.4f}  max {loss.max():.4f}  std {loss.std():.4f}", (200, 200, 200)),
+            _Line(f"global loss  mean {heat.mean():.4f}  max {heat.max():.4f}  std {heat.std():.4f}", (200, 200, 200)),
         ]
     if style == "diagnostic":
         raw = np.nan_to_num(_to_numpy(amap))
