@@ -138,6 +138,8 @@ class RenderConfig(_Section):
     box_merge: float = Field(0.03, ge=0, lt=1, description="regions closer than this fraction of the frame "
                              "diagonal are merged into one box")
     max_boxes: int = Field(5, ge=0, description="boxes drawn per frame, strongest regions first")
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = Field(
+        "superfast", description="x264 speed/size trade-off of oddframe detect --video (faster = bigger file)")
 
     @model_validator(mode="after")
     def _order(self) -> "RenderConfig":

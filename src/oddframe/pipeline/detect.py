@@ -223,7 +223,8 @@ def _detect(model, config, run_dir, input_path, out: Path, video: Path | None, a
         resumed = len(journal.rows)
     background = None
     if video is not None:
-        writer = AnomalyVideoWriter(video, fps=config.render.fps or video_fps(videos) or 10.0, preset="veryfast",
+        fps = config.render.fps or video_fps(videos) or 10.0
+        writer = AnomalyVideoWriter(video, fps=fps, preset=config.render.preset,
                                     **render_kwargs(config, model, Path(run_dir)))
         if resume and resumed:
             earlier = video.with_name(f"{video.stem}.previous{video.suffix}")
