@@ -21,10 +21,11 @@ class StopRequest:
 
     Args:
         what: what stops, for the one line printed when the signal arrives (e.g. ``"detection"``).
+        enabled: False leaves the signals alone (e.g. in a multi-process run, where ranks must stop together).
     """
 
-    def __init__(self, what: str = "the task") -> None:
-        self.what = what
+    def __init__(self, what: str = "the task", *, enabled: bool = True) -> None:
+        self.what, self.enabled = what, enabled
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
@@ -45,7 +46,7 @@ class StopRequest:
         sys.stderr.flush()
 
     def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
+        if self.enabled and threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
         return self

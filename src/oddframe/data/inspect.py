@@ -59,7 +59,7 @@ def frame_issue(frame: Frame, seen: dict[bytes, int]) -> str | None:
     return None
 
 
-def _frame_list(frames: list[int]) -> str:
+def frame_ranges(frames: list[int]) -> str:
     """``3, 7-9, 12`` (the first 8 runs) from sorted frame numbers."""
     runs: list[list[int]] = []
     for f in frames:
@@ -96,7 +96,7 @@ def _decode_check(split: str, video: Video, row: dict[str, Any], advance: Any) -
     for issue in ISSUES:
         if issue in found:
             frames = found[issue]
-            problems.append(f"{split} video {video.name}: {len(frames)} {ISSUES[issue]}: frames {_frame_list(frames)}")
+            problems.append(f"{split} video {video.name}: {len(frames)} {ISSUES[issue]}: frames {frame_ranges(frames)}")
     return problems
 
 

@@ -15,6 +15,7 @@ gives. ``detect.json`` records how the detection was asked for and how it ended.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 import warnings
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from oddframe.data.inspect import frame_ranges
 from oddframe.data.layouts import Video, open_input
 from oddframe.errors import Interrupted, OutputError
 from oddframe.files import output_lock, safe_name, write_json
@@ -115,24 +117,10 @@ def _claim_outputs(out: Path, video: Path | None, args: dict[str, Any], *, overw
 
 
 def _read_record(path: Path) -> dict[str, Any]:
-    import json
-
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         return {}
-
-
-def _ranges(frames: list[int]) -> str:
-    """``3, 7-9, 12`` from sorted frame numbers (the first 8 runs)."""
-    runs: list[list[int]] = []
-    for f in frames:
-        if runs and f == runs[-1][1] + 1:
-            runs[-1][1] = f
-        else:
-            runs.append([f, f])
-    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:8])
-    return text + (", ..." if len(runs) > 8 else "")
 
 
 def _resume_point(journal: ScoreJournal, videos: list[Video], out: Path, video: Path | None, maps: bool,
@@ -334,7 +322,7 @@ def _final_rows(journal: list[dict[str, Any]], config, reference, threshold) -> 
         bad = [r["frame"] for r in items if r["invalid"]]
         if bad:
             warnings.warn(f"video {name}: {len(bad)} frame(s) have fewer than {config.score.min_valid_fraction:.0%} "
-                          f"valid pixels and get no score (nan, invalid=1): frames {_ranges(bad)}", stacklevel=3)
+                          f"valid pixels and get no score (nan, invalid=1): frames {frame_ranges(bad)}", stacklevel=3)
         n_invalid += len(bad)
         for r, s in zip(items, scores):
             flagged = "" if threshold is None or r["invalid"] or not np.isfinite(s) else int(s > threshold)

@@ -6,7 +6,9 @@ is its ``training_loss(batch)`` (and, optionally, ``on_train_step_end()`` for an
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +109,10 @@ def train(
         on_epoch_end: called with ``(epoch, mean_loss)`` after each epoch's checkpoint is written.
     """
     run_dir = Path(out)
-    with output_lock(run_dir, "oddframe train"):
+    # One process writes the run: the first of the first node. Fabric's other ranks (re-launched copies of this
+    # process, with LOCAL_RANK / NODE_RANK set) must not take the lock their rank 0 holds.
+    first = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    with output_lock(run_dir, "oddframe train") if first else contextlib.nullcontext():
         return _train(config, run_dir, resume=resume, videos=videos, progress=progress, on_epoch_end=on_epoch_end)
 
 
@@ -213,7 +218,9 @@ def _train(
 
     frames_per_clip = config.data.clip_length
     t_start, frames_seen, mean_loss = time.perf_counter(), 0, float("nan")
-    with progress_bar(progress and fabric.is_global_zero) as bar, StopRequest("training") as stop:
+    with progress_bar(progress and fabric.is_global_zero) as bar, StopRequest(
+        "training", enabled=fabric.world_size == 1  # DDP ranks could stop at different steps and wait on each other
+    ) as stop:
         task = bar.add_task("training", total=(tc.epochs - start_epoch) * steps_per_epoch)
         for epoch in range(start_epoch, tc.epochs):
             module = model.module if hasattr(model, "module") else model
