@@ -139,7 +139,7 @@ class RenderConfig(_Section):
                              "diagonal are merged into one box")
     max_boxes: int = Field(5, ge=0, description="boxes drawn per frame, strongest regions first")
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = Field(
-        "superfast", description="x264 speed/size trade-off of oddframe detect --video (faster = bigger file)")
+        "ultrafast", description="x264 speed/size trade-off of oddframe detect --video (faster = bigger file)")
 
     @model_validator(mode="after")
     def _order(self) -> "RenderConfig":

@@ -20,7 +20,7 @@ import numpy as np
 from oddframe.config import save_config
 from oddframe.data.layouts import load_dataset
 from oddframe.errors import ConfigError
-from oddframe.files import write_json
+from oddframe.files import atomic_write, write_json
 from oddframe.metrics import PixelAUROC, summarise
 from oddframe.pipeline.engine import detector_for, postprocess, stream_video
 from oddframe.pipeline.outputs import (Panel, display_frame, exclusive_output, render_kwargs, resize_map, shown_size,
@@ -139,9 +139,9 @@ def evaluate(
     write_scores_csv(rows, out / "scores.csv", ["video", "frame", "score", "label", "flagged", "invalid"])
     save_config(config, out / "config.yaml")
     if (run_dir / HISTORY).is_file():
-        shutil.copy(run_dir / HISTORY, out / HISTORY)
+        atomic_write(out / HISTORY, lambda tmp: shutil.copyfile(run_dir / HISTORY, tmp))
     if (run_dir / "loss.png").is_file():
-        shutil.copy(run_dir / "loss.png", out / "loss.png")
+        atomic_write(out / "loss.png", lambda tmp: shutil.copyfile(run_dir / "loss.png", tmp))
 
     write_panels([t for _, _, t in sorted(top, key=lambda x: (-x[0], x[1]))], out / "top")
     if labelled:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any, Sequence
 
 import cv2
@@ -61,9 +62,11 @@ def _text_header(lines: Sequence[_Line], width: int) -> np.ndarray:
     return out
 
 
-def _colour_bar(height: int, vmax: float, ticks: Sequence[tuple[float, tuple[int, int, int]]], cmap: str,
+@lru_cache(maxsize=16)
+def _colour_bar(height: int, vmax: float, ticks: tuple[tuple[float, tuple[int, int, int]], ...], cmap: str,
                 unit: str = "") -> np.ndarray:
-    """``(height, 64, 3)`` vertical colour bar for ``[0, vmax]`` (top = vmax) with labelled ticks."""
+    """``(height, 64, 3)`` vertical colour bar for ``[0, vmax]`` (top = vmax) with labelled ticks (cached: a video's
+    frames share one; read-only)."""
     bar_w, width, pad = 14, 64, 4
     out = np.zeros((height, width, 3), dtype=np.uint8)
     ramp = np.linspace(vmax, 0.0, height, dtype=np.float32)[:, None].repeat(bar_w, axis=1)
@@ -76,9 +79,12 @@ def _colour_bar(height: int, vmax: float, ticks: Sequence[tuple[float, tuple[int
     for t, colour in ticks:
         if 0.0 <= t <= vmax:
             cv2.line(out, (0, row(t)), (pad + bar_w + 3, row(t)), colour, 1)
-    lines = [(f"{vmax:.3g}{unit}", 10), (f"{vmax / 2:.3g}{unit}", row(vmax / 2) + 4), ("0", height - 3)]
+    # A ratio scale labels its ticks (where boxes start); a loss scale its middle.
+    marks = [t for t, _ in ticks if 0.0 < t < vmax] if unit else [vmax / 2]
+    lines = [(f"{vmax:.3g}{unit}", 10)] + [(f"{t:.3g}{unit}", row(t) + 4) for t in marks] + [("0", height - 3)]
     for text, y in lines:
         cv2.putText(out, text, (pad + bar_w + 3, y), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (255, 255, 255), 1, cv2.LINE_AA)
+    out.flags.writeable = False
     return out
 
 
@@ -173,7 +179,7 @@ def compose_panel(
         sy, sx = h / heat.shape[0], w / heat.shape[1]
         boxes = [_scale_box(b, sx, sy, w, h) for b in find_regions(heat, box_rule)]
         top = 2.0 * box_rule.high_ratio
-        ticks, unit = [(1.0, BOX_COLOURS["low"]), (box_rule.high_ratio, BOX_COLOURS["high"])], "x"
+        ticks, unit = ((1.0, BOX_COLOURS["low"]), (box_rule.high_ratio, BOX_COLOURS["high"])), "x"
         right = colorize(heat, vmin=0.0, vmax=top, cmap=cmap)
         if right.shape[:2] != (h, w):
             right = cv2.resize(right, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -183,7 +189,7 @@ def compose_panel(
             raise ValueError(f"anomaly map shape {heat.shape} does not match frame size {(h, w)}")
         boxes = find_boxes(heat, threshold_low=threshold_low, threshold_high=threshold_high, min_area=min_area)
         top = max(float(heat.max()), threshold_high) if vmax is None else float(vmax)
-        ticks, unit = list(zip((threshold_low, threshold_high), (BOX_COLOURS[k] for k in LEVELS))), ""
+        ticks, unit = tuple(zip((threshold_low, threshold_high), (BOX_COLOURS[k] for k in LEVELS))), ""
         right = colorize(heat, vmin=0.0, vmax=top, cmap=cmap)
 
     f = max(int(scale), math.ceil(min_height / h) if h < min_height else 1)
@@ -201,9 +207,7 @@ def compose_panel(
     if flagged and not invalid:
         cv2.rectangle(left, (0, 0), (left.shape[1] - 1, left.shape[0] - 1), FLAG_COLOUR, 2 * thick)
 
-    gap = np.zeros((h * f, 6, 3), dtype=np.uint8)
-    bar = _colour_bar(h * f, top, ticks, cmap, unit)
-    body = np.concatenate([left, gap, right, gap, bar], axis=1)
+    bar = _colour_bar(h * f, float(top), ticks, cmap, unit)
 
     n_low = sum(b.level == "low" for b in boxes)
     lines: list[_Line] = []
@@ -233,4 +237,16 @@ def compose_panel(
             _Line(f"frame scale {frame_scale}   map^{map_power:g} range [{raw.min():.4g}, {raw.max():.4g}]   "
                   f"heat vmax {top:.3g}", (200, 200, 200))
         )
-    return np.concatenate([_text_header(lines, body.shape[1]), body], axis=0)
+    # One canvas, each piece copied once: header | frame, gap, heatmap, gap, colour bar.
+    width = 2 * w * f + 12 + bar.shape[1]
+    header = _text_header(lines, width)
+    out = np.zeros((header.shape[0] + h * f, width, 3), dtype=np.uint8)
+    out[: header.shape[0]] = header
+    x = 0
+    for piece in (left, None, right, None, bar):
+        if piece is None:
+            x += 6
+            continue
+        out[header.shape[0]:, x : x + piece.shape[1]] = piece
+        x += piece.shape[1]
+    return out

@@ -100,15 +100,13 @@ def find_regions(ratio: np.ndarray, rule: BoxRule) -> list[Box]:
     labels = np.where(hot > 0, labels, 0).ravel()  # boxes hug the unusual pixels, not the dilation
     area = np.bincount(labels, minlength=n)
     excess = np.bincount(labels, weights=np.clip(r.ravel() - 1.0, 0.0, None), minlength=n)
-    peak = np.zeros(n)
-    np.maximum.at(peak, labels, r.ravel())
     keep = [i for i in range(1, n) if area[i] > 0 and area[i] >= rule.min_area * h * w]
     keep = sorted(keep, key=lambda i: -excess[i])[: rule.max_boxes]
     boxes = []
     grid = labels.reshape(h, w)
     for i in keep:
         y, x = np.nonzero(grid == i)
+        peak = float(r[y, x].max())
         boxes.append(Box(x0=int(x.min()), y0=int(y.min()), x1=int(x.max()) + 1, y1=int(y.max()) + 1,
-                         level="high" if peak[i] >= rule.high_ratio else "low", peak=float(peak[i]),
-                         area=int(area[i])))
+                         level="high" if peak >= rule.high_ratio else "low", peak=peak, area=int(area[i])))
     return boxes

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, Callable, Iterator, Sequence
 
 import av
+import cv2
 import numpy as np
 
 from oddframe.errors import OddframeError
@@ -141,7 +142,8 @@ class AnomalyVideoWriter:
                 "use the same frame size and compose options for every frame"
             )
         t0 = time.perf_counter()
-        packet_frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        # OpenCV's RGB -> YUV 4:2:0 (BT.601, as FFmpeg's default) is about twice as fast as FFmpeg's own here.
+        packet_frame = av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
         for packet in self._stream.encode(packet_frame):
             self._container.mux(packet)
         self.n_frames += 1
