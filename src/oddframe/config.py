@@ -204,7 +204,10 @@ class _Origins:
 
 
 def origin(config: Config, key: str) -> str:
-    """Where the value of dotted ``key`` of a loaded config came from: ``"--set a.b=c"``, a file path, or ``"default"``."""
+    """Where the value of dotted ``key`` of a loaded config came from: ``"--set a.b=c"``, a file path, or ``"default"``
+    (``"the config given"`` for a config built in Python rather than loaded)."""
+    if not config._origins:
+        return "the config given"
     return config._origins.get(key) or _origin_from_parents(config._origins, key)
 
 
