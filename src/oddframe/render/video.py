@@ -250,7 +250,7 @@ def finish_video(partial: Path, final: Path) -> None:
 
         atomic_write(final, remux)
         Path(partial).unlink()
-    except (av.FFmpegError, OSError, ValueError):
+    except (av.FFmpegError, OSError, ValueError, AttributeError):  # AttributeError: a PyAV without templates
         os.replace(partial, final)
 
 
