@@ -10,7 +10,10 @@ Every task that scores frames (calibrate, detect, evaluate) runs this engine, so
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -22,7 +25,7 @@ from oddframe.config import Config
 from oddframe.data.clips import Clip, collate
 from oddframe.data.layouts import Video
 from oddframe.data.loading import TransformedFrame, iter_frames
-from oddframe.data.transforms import frame_transform
+from oddframe.data.transforms import conversion_note, frame_transform
 from oddframe.errors import CheckpointError, ConfigError
 from oddframe.features import with_features
 from oddframe.models.base import AnomalyModel
@@ -45,6 +48,7 @@ class FrameResult:
         valid: ``(H, W)`` bool.
         raw: the untransformed frame, when the stream kept it.
         members: a fused run's calibrated member scores by member name (:mod:`oddframe.pipeline.fusion`).
+        invalid: too few valid pixels to judge (``min_valid_fraction``): ``score`` is NaN, never "normal".
     """
 
     video: str
@@ -56,6 +60,7 @@ class FrameResult:
     valid: np.ndarray
     raw: np.ndarray | None = None
     members: dict[str, float] | None = None
+    invalid: bool = False
 
 
 @dataclass
@@ -110,6 +115,7 @@ class Detector:
             the observed against the reconstructed clip (:func:`oddframe.ssim.ssim_map`) instead of the model's map.
         rule_options: keyword options of the rule (e.g. ``{"weighting": "log_area"}`` for ``"blob"``).
         device: where the model runs (default: :func:`default_device`).
+        min_valid_fraction: a frame with a smaller share of valid pixels gets no score (NaN, ``invalid``).
     """
 
     def __init__(
@@ -123,6 +129,7 @@ class Detector:
         rule: str = "mse",
         rule_options: dict[str, object] | None = None,
         device: torch.device | str | None = None,
+        min_valid_fraction: float = 0.0,
     ) -> None:
         if aggregate not in ("max", "mean"):
             raise ValueError(f"aggregate must be 'max' or 'mean', got {aggregate!r}")
@@ -142,6 +149,7 @@ class Detector:
         self.rule = rule
         self.rule_options = dict(rule_options or {})
         self.map_power = getattr(model, "map_power", 2)
+        self.min_valid_fraction = min_valid_fraction
         self.timing = Timing()
 
     def _autocast(self):
@@ -163,9 +171,13 @@ class Detector:
         acc = MapAccumulator(how=self.aggregate)
         next_start, covered, n = 0, 0, 0
         it = iter(frames)
+        failure: Exception | None = None  # a source that breaks part-way: score what came before, then raise it
         while True:
             t0 = time.perf_counter()
-            frame = next(it, None)
+            try:
+                frame = next(it, None)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, once the frames read so far are out
+                frame, failure = None, exc
             self.timing.decode += time.perf_counter() - t0
             done = frame is None
             if not done:
@@ -187,6 +199,8 @@ class Detector:
                 buffer.popleft()
                 first += 1
             if done:
+                if failure is not None:
+                    raise failure
                 return
 
     def _forward(self, starts: list[int], buffer: deque, first: int, acc: MapAccumulator, video: str) -> None:
@@ -219,12 +233,15 @@ class Detector:
         for pos, amap in acc.pop_ready(before):
             f = buffer[pos - first]
             t0 = time.perf_counter()
-            score = float(
+            # A frame (almost) without valid pixels carries no evidence: no score rather than a "normal" 0.
+            invalid = not f.valid.any() or f.valid.mean() < self.min_valid_fraction
+            score = math.nan if invalid else float(
                 frame_scores(amap[None], f.valid[None], rule=self.rule, map_power=self.map_power, **self.rule_options)[0]
             )
             self.timing.scoring += time.perf_counter() - t0
             self.timing.frames += 1
-            yield FrameResult(video, f.index, f.time, score, amap.astype(np.float32), f.data, f.valid, f.raw)
+            yield FrameResult(video, f.index, f.time, score, amap.astype(np.float32), f.data, f.valid, f.raw,
+                              invalid=invalid)
 
 
 # --- From a run's config to a detector and a scored stream ---------------------------------------------------
@@ -245,21 +262,48 @@ def detector_for(model: AnomalyModel, config: Config, *, device: torch.device | 
         rule=config.score.rule,
         rule_options={"weighting": config.score.blob_weighting} if config.score.rule == "blob" else None,
         device=device,
+        min_valid_fraction=config.score.min_valid_fraction,
     )
 
 
-def stream_video(detector: Detector, video: Video, config: Config, *, keep_raw: bool = False) -> Iterator[FrameResult]:
-    """Score one video of a dataset frame by frame (with the derived inputs its model asks for)."""
+def stream_video(
+    detector: Detector, video: Video, config: Config, *, keep_raw: bool = False, start: int = 0
+) -> Iterator[FrameResult]:
+    """Score one video of a dataset frame by frame (with the derived inputs its model asks for).
+
+    ``start`` > 0 continues an interrupted run: results begin at stream position ``start`` and are the ones a run
+    from the beginning gives. The stream restarts at the last window start ``s0 <= start - clip_length`` (a
+    multiple of the stride), so every window covering a frame from ``start`` on, the end-aligned last one included,
+    is the same window; a derived input that needs the previous frame (flow) starts one frame earlier still.
+    """
     if hasattr(detector, "stream"):  # a fused detector: each member transforms the decoded frames its own way
-        return detector.stream(video, keep_raw=keep_raw)
+        fused = detector.stream(video, keep_raw=keep_raw)
+        return fused if start == 0 else itertools.islice(fused, start, None)
+    s0 = max(0, (start - detector.clip_length) // detector.stride * detector.stride) if start > 0 else 0
+    lead = 1 if s0 > 0 and detector.model.derived_inputs() else 0
     frames = iter_frames(
         video.source,
         frame_transform(config.data),
         sample_interval=config.data.sample_interval,
         sample_interval_sec=config.data.sample_interval_sec,
         keep_raw=keep_raw,
+        start=s0 - lead,
     )
-    return detector.run(with_features(frames, detector.model.derived_inputs()), video.name)
+    stream = itertools.islice(with_features(frames, detector.model.derived_inputs()), lead, None)
+    results = detector.run(stream, video.name)
+    return results if start == 0 else (r for p, r in enumerate(results, start=s0) if p >= start)
+
+
+def warn_conversions(videos: list[Video], config: Config) -> None:
+    """Say (a warning per kind of conversion) when input frames are converted to the model's channels, never silently."""
+    seen: dict[str, list[str]] = {}
+    for v in videos:
+        note = conversion_note(v.source.frame_shape(), config.data.channels)
+        if note:
+            seen.setdefault(note, []).append(v.name)
+    for note, names in seen.items():
+        which = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        warnings.warn(f"{which}: {note} (data.channels={config.data.channels}, as the model was trained)", stacklevel=2)
 
 
 def postprocess(scores: np.ndarray, config: Config, reference: dict[str, float] | None = None) -> np.ndarray:

@@ -11,6 +11,7 @@ run like any other.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Iterator
 
 import cv2
@@ -96,14 +97,15 @@ class FusedDetector:
         for results in self.member_results(video, keep_raw=keep_raw):
             raw = torch.tensor([[r.score] for r in results], dtype=torch.float64)
             calibrated = self.model.calibrated_scores(raw.float())[:, 0]
-            score = float(self.model.fuse_scores(raw.float())[0])
+            invalid = any(r.invalid for r in results)  # a member without evidence: the fusion has none either
+            score = math.nan if invalid else float(self.model.fuse_scores(raw.float())[0])
             maps = torch.from_numpy(np.stack([self._resize(r.amap) for r in results]))
             fused = self.model.fuse_maps(maps).numpy().astype(np.float32)
             first = results[0]
             valid = cv2.resize(first.valid.astype(np.uint8), self.size[::-1], interpolation=cv2.INTER_NEAREST) > 0
             self._sum_timing()
             yield FrameResult(video.name, first.index, first.time, score, fused * valid, first.frame, first.valid,
-                              first.raw, members=dict(zip(self.model.member_names, calibrated.tolist())))
+                              first.raw, members=dict(zip(self.model.member_names, calibrated.tolist())), invalid=invalid)
 
     def _sum_timing(self) -> None:
         t = self.timing

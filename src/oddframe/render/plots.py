@@ -15,13 +15,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from oddframe.files import atomic_write
+
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Save ``fig`` as a PNG at its own size, creating parent folders."""
+    """Save ``fig`` as a PNG at its own size, creating parent folders (atomically)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, format="png")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
 
 

@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import oddframe
 from oddframe.errors import CheckpointError
+from oddframe.files import atomic_write
 from oddframe.render.plots import plot_loss, plot_region_curve, plot_roc, plot_scores
 
 REPORT = "report.html"
@@ -303,11 +304,16 @@ def write_report(folder: str | Path, *, title: str | None = None) -> Path:
         The path of ``report.html``.
 
     Raises:
-        CheckpointError: ``folder`` is not a folder, or metrics.json, scores.csv or top/top.json is malformed.
+        CheckpointError: ``folder`` is not a folder, holds no evaluation (no metrics.json), or metrics.json, scores.csv or top/top.json is malformed.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder; pass the output folder of an evaluation")
+    if not (folder / "metrics.json").is_file():
+        raise CheckpointError(
+            f"{folder}: no evaluation here (metrics.json is missing); write one with "
+            "`oddframe eval --checkpoint RUN --data DATA --out FOLDER`, which also writes the report"
+        )
     metrics = _read_metrics(folder / "metrics.json")
     scores = read_scores(folder / "scores.csv")
     history = _read_history(folder / "history.csv")
@@ -325,10 +331,7 @@ def write_report(folder: str | Path, *, title: str | None = None) -> Path:
             '<nav><a href="#results">Results</a><a href="#plots">Plots</a><a href="#top">Most anomalous frames</a>'
             '<a href="#video">Video</a><a href="#config">Config</a></nav>',
             '<section id="results"><h2>Results</h2>', _summary_html(scores)]
-    if metrics is not None:
-        body += [_metrics_html(metrics), '<p><a href="metrics.json">metrics.json</a></p>', _protocol_html(metrics)]
-    else:
-        body.append('<p class="note">No metrics.json in this folder (a detection run without labels?).</p>')
+    body += [_metrics_html(metrics or {}), '<p><a href="metrics.json">metrics.json</a></p>', _protocol_html(metrics or {})]
     body += [f'<p class="note">{esc(n)}</p>' for n in notes]
     body.append("</section>")
 
@@ -373,5 +376,5 @@ def write_report(folder: str | Path, *, title: str | None = None) -> Path:
             f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")
     out = folder / REPORT
-    out.write_text(page, encoding="utf-8")
+    atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return out
