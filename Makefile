@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup clean mutation
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -25,5 +25,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# Mutation testing (docs/TESTING.md): needs the `mutation` extra. mutants/src must exist before the run, or
+# mutmut records no coverage.
+mutation: setup
+	$(PY) -m pip install --quiet -e '.[mutation]'
+	mkdir -p mutants/src
+	PYTHONPATH=$(CURDIR)/mutants/src $(VENV)/bin/mutmut run --max-children 1
+
 clean:
-	rm -rf $(VENV) oddframe-demo .pytest_cache
+	rm -rf $(VENV) oddframe-demo .pytest_cache mutants
