@@ -153,6 +153,10 @@ class _Watch:
 
     def run(self) -> WatchSummary:
         t0 = time.monotonic()
+        tr = self.tracker
+        self.log(f"watching {self.src.source} (threshold {self.threshold:.4g}: an event starts after {tr.min_frames} "
+                 f"frames above it and ends after {tr.quiet:g} s below; frames waiting over {self.max_latency:g} s "
+                 "for the model are dropped)")
         self.src.start()
         try:
             while not self.finished:
@@ -307,6 +311,8 @@ def watch(
     tracker = EventTracker(threshold=threshold, min_frames=min_frames, quiet=quiet, end_threshold=end_threshold)
     if not max_latency > 0:
         raise ValueError(f"--max-latency must be > 0 seconds, got {max_latency}")
+    if webhook is not None and not webhook.startswith(("http://", "https://")):
+        raise ValueError(f"--webhook must be an http:// or https:// URL, got {webhook!r}")
     src = LiveSource(source, realtime=realtime, loop=loop, input_format=input_format, options=input_options,
                      retry_for=retry_for, log=log,
                      queue_frames=max(4, int(max_latency * 30) + 4))  # frames older than max_latency go anyway
