@@ -287,7 +287,7 @@ def watch(
     device: Optional[str] = typer.Option(None, help="cpu, cuda, mps (default: the best present)."),
 ) -> None:
     """Watch a live source: score frames as they arrive and report anomaly events (start, end, peak, boxes)."""
-    from oddframe.pipeline.watch import watch as run_watch
+    from oddframe import api
 
     options = {}
     for item in input_option or []:
@@ -296,7 +296,7 @@ def watch(
             raise ValueError(f"--input-option takes KEY=VALUE, got {item!r}")
         options[key] = value
     log = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731
-    s = run_watch(checkpoint, source, events=events, webhook=webhook, clips=clips, scores=scores, realtime=realtime,
+    s = api.watch(checkpoint, source, events=events, webhook=webhook, clips=clips, scores=scores, realtime=realtime,
                   loop=loop, max_latency=max_latency, min_frames=min_frames, quiet=quiet, threshold=threshold,
                   end_threshold=end_threshold, clip_before=clip_before, clip_after=clip_after,
                   input_format=input_format, input_options=options, retry_for=retry_for, duration=duration,

@@ -215,10 +215,10 @@ class _Watch:
                     self.clips.end(ev.end_time)
                 record["clip"] = str(self.clip_paths.get(ev.id))
             self._publish(record)
-            what = (f"event {ev.id} started at frame {ev.start_frame} (t={ev.start_time:.2f} s), peak {ev.peak_score:.3g}"
+            what = (f"event {ev.id} started at frame {ev.start_frame} (t={ev.start_time:.2f} s), peak {ev.peak_score:.4g}"
                     if u.kind == "start" else
                     f"event {ev.id} ended at frame {ev.end_frame} (t={ev.end_time:.2f} s, {ev.ended_by}), "
-                    f"{ev.end_time - ev.start_time:.2f} s, peak {ev.peak_score:.3g} at frame {ev.peak_frame}")
+                    f"{ev.end_time - ev.start_time:.2f} s, peak {ev.peak_score:.4g} at frame {ev.peak_frame}")
             self.log(what)
 
     def _boxes(self, r: FrameResult | None) -> list[dict[str, Any]] | None:
