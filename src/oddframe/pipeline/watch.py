@@ -95,6 +95,7 @@ class _Watch:
         self.detector = detector_for(model, config, device=device)
         for det in getattr(self.detector, "members", [self.detector]):
             det.batch_size = 1  # a window goes to the model as soon as it is complete: latency before throughput
+            det.eager = True  # and a frame goes out once its windows are scored, not one window later
         self.summary = WatchSummary(src.source, threshold)
         self.deadline = None if duration is None else time.monotonic() + duration
         self.max_frames = max_frames
