@@ -295,3 +295,38 @@ def test_live_scores_keep_only_what_smoothing_still_reads_on_an_endless_stream()
     out += live.finish()
     np.testing.assert_allclose([s for _, s, _ in out], postprocess(raw, config, reference), rtol=1e-12)
     assert max(held) <= 2 * live.radius + 66  # flat: a window and a trimming step, not the whole stream
+
+
+def test_the_live_view_shows_the_annotated_stream_and_the_events(run, tmp_path):
+    import urllib.request
+
+    import cv2
+
+    np.save(tmp_path / "clip.npy", footage(N, ANOMALY, seed=7)[..., 0])
+    lines: list[str] = []
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(s=watch(
+        run, str(tmp_path / "clip.npy"), realtime=True, view=0, quiet=0.3, max_latency=30,
+        events=tmp_path / "events.jsonl", log=lines.append)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not any(line.startswith("live view: ") for line in lines):
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.05)
+    url = next(line for line in lines if line.startswith("live view: ")).split(": ", 1)[1]
+    assert url.startswith("http://127.0.0.1:")
+    page = urllib.request.urlopen(url, timeout=10).read().decode()
+    assert "/stream.mjpg" in page and "/events.json" in page
+    while not any("event 1 started" in line for line in lines):  # frame 60 at 10 frames/s
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.05)
+    events = json.loads(urllib.request.urlopen(url + "events.json", timeout=10).read())
+    assert [e["id"] for e in events] == [1] and abs(events[0]["start_frame"] - ANOMALY[0]) <= 3
+    jpeg = urllib.request.urlopen(url + "frame.jpg", timeout=10).read()
+    panel = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert panel.shape[1] > 2 * 64  # frame | heatmap side by side
+    with urllib.request.urlopen(url + "stream.mjpg", timeout=10) as stream:
+        head = stream.read(200)
+    assert b"--frame" in head and b"image/jpeg" in head
+    thread.join(60)
+    assert result["s"].events == 1

@@ -283,6 +283,7 @@ def watch(
     input_option: Optional[List[str]] = typer.Option(None, "--input-option", help="FFmpeg input option KEY=VALUE, e.g. rtsp_transport=tcp (repeatable)."),
     retry_for: Optional[float] = typer.Option(None, "--retry-for", help="Give up on a lost stream after this many seconds (default: never)."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds."),
+    view: Optional[int] = typer.Option(None, "--view", help="Serve a live view (stream and events) on http://127.0.0.1:PORT/ (0: any free port)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, mps (default: the best present)."),
 ) -> None:
@@ -300,7 +301,7 @@ def watch(
                   loop=loop, max_latency=max_latency, min_frames=min_frames, quiet=quiet, threshold=threshold,
                   end_threshold=end_threshold, clip_before=clip_before, clip_after=clip_after,
                   input_format=input_format, input_options=options, retry_for=retry_for, duration=duration,
-                  overrides=list(set_ or []), device=device, log=log)
+                  view=view, overrides=list(set_ or []), device=device, log=log)
     lat = s.latency
     line = (f"watched {s.source} for {s.wall_s:.1f} s ({s.stopped_by}): {s.received} frames arrived, {s.scored} scored, "
             f"{s.dropped_late + s.dropped_queue} dropped ({s.dropped_late} late, {s.dropped_queue} queue full); "

@@ -14,6 +14,7 @@ closed, every file is complete.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from oddframe.events import EventTracker, EventUpdate
 from oddframe.files import output_lock
 from oddframe.pipeline.engine import FrameResult, detector_for, stream_video
 from oddframe.pipeline.live_outputs import EventClips, EventLog, RollingCsv, Webhook
+from oddframe.pipeline.live_view import LiveView
 from oddframe.pipeline.outputs import LiveScores, render_kwargs
 from oddframe.render.regions import exceedance, find_regions
 from oddframe.runs import load_run, read_calibration
@@ -87,11 +89,11 @@ class _Watch:
     def __init__(self, src: LiveSource, model: Any, config: Any, box_rule: Any, *, threshold: float,
                  reference: dict[str, float] | None, tracker: EventTracker, max_latency: float, log: Callable[[str], None],
                  event_log: EventLog, webhook: Webhook | None, clips: EventClips | None, scores: RollingCsv | None,
-                 stop: StopRequest, duration: float | None, max_frames: int | None, device: str | None) -> None:
+                 view: LiveView | None, stop: StopRequest, duration: float | None, max_frames: int | None, device: str | None) -> None:
         self.src, self.model, self.config, self.box_rule = src, model, config, box_rule
         self.threshold, self.reference, self.tracker = threshold, reference, tracker
         self.max_latency, self.log, self.stop = max_latency, log, stop
-        self.event_log, self.webhook, self.clips, self.scores = event_log, webhook, clips, scores
+        self.event_log, self.webhook, self.clips, self.scores, self.view = event_log, webhook, clips, scores, view
         self.detector = detector_for(model, config, device=device)
         for det in getattr(self.detector, "members", [self.detector]):
             det.batch_size = 1  # a window goes to the model as soon as it is complete: latency before throughput
@@ -114,7 +116,7 @@ class _Watch:
         s = self.summary
         while True:
             if self.stop.requested:
-                s.stopped_by = "SIGTERM" if self.stop.signum == 15 else "SIGINT"
+                s.stopped_by = signal.Signals(self.stop.signum).name
             elif self.deadline is not None and time.monotonic() >= self.deadline:
                 s.stopped_by = "duration"
             elif self.max_frames is not None and s.received >= self.max_frames:
@@ -164,7 +166,8 @@ class _Watch:
                 live = LiveScores(self.config, self.reference, self.threshold)
                 video = Video("live", _Segment(self._frames(), self.src.source))  # type: ignore[arg-type]
                 try:
-                    for r in stream_video(self.detector, video, self.config, keep_raw=self.clips is not None):
+                    keep_raw = self.clips is not None or self.view is not None  # frames shown as they came
+                    for r in stream_video(self.detector, video, self.config, keep_raw=keep_raw):
                         self._model_scored(r, live)
                 finally:  # the segment's last frames: scored by the engine's end-aligned window, then final
                     for item in live.finish():
@@ -198,6 +201,8 @@ class _Watch:
                 "model_latency_ms": f"{1000 * self.model_latency[-1]:.1f}" if self.model_latency else ""})
         if self.clips is not None:
             self.clips.add(r, score, flagged)
+        if self.view is not None:
+            self.view.frame(r, score, flagged)
         self._updates(self.tracker.update(r.index, r.time, score, payload=r))
 
     def _updates(self, updates: list[EventUpdate]) -> None:
@@ -238,6 +243,8 @@ class _Watch:
         self.event_log.write(record)
         if self.webhook is not None:
             self.webhook.post(record)
+        if self.view is not None:
+            self.view.event(record)
 
 
 def _num(x: float) -> str:
@@ -276,6 +283,7 @@ def watch(
     webhook_retries: int = 3,
     duration: float | None = None,
     max_frames: int | None = None,
+    view: int | None = None,
     overrides: tuple[str, ...] | list[str] = (),
     device: str | None = None,
     log: Callable[[str], None] | None = None,
@@ -294,6 +302,7 @@ def watch(
         scores: a CSV of every scored frame (rolled over at 100 MB), with its latency.
         retry_for: give up on a lost network source after this many seconds (default: never).
         duration, max_frames: stop after this many seconds or arrived frames.
+        view: serve a live view for a person on ``http://127.0.0.1:view/`` (0: any free port; the log says which).
 
     Raises:
         CheckpointError: the run has no threshold (not calibrated) and none is given.
@@ -337,10 +346,15 @@ def watch(
             clip_out = EventClips(Path(clips), fps=fps, pre=clip_before, post=clip_after, session=session,
                                   preset=config.render.preset, writer_kwargs=drawing)
             stack.callback(clip_out.close)
+        live_view = None
+        if view is not None:
+            live_view = LiveView(port=view, source=source, compose_kwargs=drawing)
+            stack.callback(live_view.close)
+            log(f"live view: {live_view.url}")
         stop = stack.enter_context(StopRequest("the watch"))
         w = _Watch(src, model, config, drawing["box_rule"], threshold=threshold,
                    reference=calibration.get("reference"), tracker=tracker, max_latency=max_latency, log=log,
-                   event_log=event_log, webhook=hook, clips=clip_out, scores=csv_out, stop=stop, duration=duration,
+                   event_log=event_log, webhook=hook, clips=clip_out, scores=csv_out, view=live_view, stop=stop, duration=duration,
                    max_frames=max_frames, device=device)
         summary = w.run()
     if hook is not None:
