@@ -170,8 +170,8 @@ class _Watch:
                     for r in stream_video(self.detector, video, self.config, keep_raw=keep_raw):
                         self._model_scored(r, live)
                 finally:  # the segment's last frames: scored by the engine's end-aligned window, then final
-                    for item in live.finish():
-                        self._final(*item)
+                    for (r, lat), score, flagged in live.finish():
+                        self._final(r, score, flagged, lat)
                     if self.lost is not None or self.finished:
                         self._updates(self.tracker.close("gap" if self.lost is not None else "stopped"))
         finally:
@@ -183,12 +183,14 @@ class _Watch:
         return self.summary
 
     def _model_scored(self, r: FrameResult, live: LiveScores) -> None:
-        arrival, _ = self.arrivals[r.index]
-        self.model_latency.append(time.monotonic() - arrival)
-        for item in live.push(r.score, r):
-            self._final(*item)
+        model_latency = time.monotonic() - self.arrivals[r.index][0]
+        self.model_latency.append(model_latency)
+        for (done, lat), score, flagged in live.push(r.score, (r, model_latency)):
+            self._final(done, score, flagged, lat)
 
-    def _final(self, r: FrameResult, score: float, flagged: bool | None) -> None:
+    def _final(self, r: FrameResult, score: float, flagged: bool | None, model_latency: float) -> None:
+        while next(iter(self.arrivals)) < r.index:  # frames left out by data.sample_interval
+            self.arrivals.pop(next(iter(self.arrivals)))
         arrival, wall = self.arrivals.pop(r.index)
         latency = time.monotonic() - arrival
         self.final_latency.append(latency)
@@ -198,7 +200,7 @@ class _Watch:
                 "frame": r.index, "time": f"{r.time:.3f}", "wall": _iso(wall), "score": _num(score),
                 "raw_score": _num(r.score), "flagged": "" if flagged is None else int(flagged),
                 "invalid": int(r.invalid), "latency_ms": f"{1000 * latency:.1f}",
-                "model_latency_ms": f"{1000 * self.model_latency[-1]:.1f}" if self.model_latency else ""})
+                "model_latency_ms": f"{1000 * model_latency:.1f}"})
         if self.clips is not None:
             self.clips.add(r, score, flagged)
         if self.view is not None:
