@@ -83,6 +83,10 @@ def main() -> None:
     print(f"frames: {s.received} arrived, {s.scored} scored, {s.dropped_late} dropped late, {s.dropped_queue} dropped "
           f"(queue full); {s.events} event(s); {s.wall_s:.0f} s; CPU time {cpu:.1f} s = "
           f"{1000 * cpu / max(1, s.received):.1f} ms per arrived frame ({cpu / s.wall_s:.2f} cores busy on average)")
+    stride = config.score.stride or config.data.clip_length
+    windows = max(1, s.timing.get("frames", 0) // stride)
+    print(f"model: {s.timing.get('model_s', 0):.1f} s in {windows} forward passes (one window each) = "
+          f"{1000 * s.timing.get('model_s', 0) / windows:.0f} ms wall per window")
     print(f"target: one window ({window * 1000:.0f} ms) + 100 ms = {window * 1000 + 100:.0f} ms")
     for name, a in (("arrival -> model score", model_ms), ("arrival -> final score", final_ms)):
         print(f"{name}: p50 {np.percentile(a, 50):.0f} ms, p95 {np.percentile(a, 95):.0f} ms, max {a.max():.0f} ms, "

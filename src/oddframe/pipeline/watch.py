@@ -67,6 +67,7 @@ class WatchSummary:
     stopped_by: str = ""
     clips: list[Path] = field(default_factory=list)
     webhook: dict[str, int] | None = None
+    timing: dict[str, float] = field(default_factory=dict)  #: the engine's (decode, model, scoring seconds, frames)
 
 
 def _iso(wall: float) -> str:
@@ -180,6 +181,7 @@ class _Watch:
             s.wall_s = time.monotonic() - t0
             s.dropped_queue, s.corrupt_packets, s.events = self.src.dropped, self.src.corrupt, self.tracker.n_events
             s.latency = {**_stats("model_", self.model_latency), **_stats("", self.final_latency)}
+            s.timing = self.detector.timing.as_dict()
         return self.summary
 
     def _model_scored(self, r: FrameResult, live: LiveScores) -> None:
