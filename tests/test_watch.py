@@ -114,6 +114,41 @@ def test_a_tcp_stream_gives_one_event_and_bounded_latency(run, test_stream, tmp_
     assert s.latency["model_p95"] < 1.0
 
 
+def test_an_http_stream(run, test_stream, tmp_path):
+    """MPEG-TS over HTTP, as many IP cameras and encoders serve it, paced at 50 frames/s."""
+    data, ends = test_stream
+
+    class Camera(http.server.BaseHTTPRequestHandler):
+        served = 0
+
+        def do_GET(self):  # noqa: N802 - the http.server API
+            if type(self).served:  # one stream, then the camera is gone
+                self.send_error(404)
+                return
+            type(self).served += 1
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            t0, sent = time.monotonic(), 0
+            for i, end in enumerate(ends):
+                time.sleep(max(0.0, t0 + i / 50 - time.monotonic()))
+                self.wfile.write(data[sent:end])
+                sent = end
+
+        def log_message(self, *args):
+            pass
+
+    server, url = _serve(Camera)
+    try:
+        s = watch(run, url.replace("/hook", "/live.ts"), events=tmp_path / "events.jsonl", quiet=0.3, retry_for=0.5,
+                  max_latency=30, log=lambda _: None)
+    finally:
+        server.shutdown()
+    _one_event_covering_the_anomaly(_records(tmp_path / "events.jsonl"))
+    # (the last frame may be lost when the server drops the connection mid-way through its decoding)
+    assert s.received >= N - 1 and not s.gaps and s.stopped_by.startswith("gave up")  # the camera went away
+
+
 def test_a_stream_that_drops_is_reopened_and_the_gap_reported(run, tmp_path):
     first = mpegts_bytes(footage(50, seed=3), fps=10)
     second = mpegts_bytes(footage(N, ANOMALY, seed=4), fps=10)
