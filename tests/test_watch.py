@@ -365,3 +365,21 @@ def test_the_live_view_shows_the_annotated_stream_and_the_events(run, tmp_path):
     assert b"--frame" in head and b"image/jpeg" in head
     thread.join(60)
     assert result["s"].events == 1
+
+
+def test_sigint_mid_event_ends_the_watch_in_process(run, tmp_path):
+    """Ctrl-C while an event is open: the watch finishes the frames in hand, closes the event and returns."""
+    np.save(tmp_path / "long.npy", footage(300, (10, 300), seed=8)[..., 0])
+
+    def log(line):
+        if "event 1 started" in line:
+            os.kill(os.getpid(), signal.SIGINT)  # as a person pressing Ctrl-C (the handler is the watch's)
+
+    s = watch(run, str(tmp_path / "long.npy"), realtime=True, events=tmp_path / "events.jsonl",
+              scores=tmp_path / "scores.csv", max_latency=30, log=log)
+    records = _records(tmp_path / "events.jsonl")
+    assert [r["type"] for r in records] == ["start", "end"] and records[1]["ended_by"] == "stopped"
+    assert s.stopped_by == "SIGINT" and s.received < 100  # stopped at once, not at the end of the file
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    assert len(rows) == s.scored and int(rows[-1]["frame"]) >= records[1]["end_frame"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was given back
