@@ -77,13 +77,13 @@ def main() -> None:
     window = config.data.clip_length / fps
     model_ms = np.array([float(r["model_latency_ms"]) for r in rows])
     final_ms = np.array([float(r["latency_ms"]) for r in rows])
-    print(f"{config.model.name}, clip {config.data.clip_length} frames, stride {config.score.stride or config.data.clip_length}, "
+    stride = config.score.stride or config.data.clip_length
+    print(f"{config.model.name}, clip {config.data.clip_length} frames, stride {stride}, "
           f"size {'x'.join(map(str, config.data.size))}, smoothing sigma {config.score.smoothing_sigma} frames; "
           f"source {args.source} at {fps:g} frames/s; {torch.get_num_threads()} torch thread(s), {platform.machine()}")
     print(f"frames: {s.received} arrived, {s.scored} scored, {s.dropped_late} dropped late, {s.dropped_queue} dropped "
           f"(queue full); {s.events} event(s); {s.wall_s:.0f} s; CPU time {cpu:.1f} s = "
           f"{1000 * cpu / max(1, s.received):.1f} ms per arrived frame ({cpu / s.wall_s:.2f} cores busy on average)")
-    stride = config.score.stride or config.data.clip_length
     windows = max(1, s.timing.get("frames", 0) // stride)
     print(f"model: {s.timing.get('model_s', 0):.1f} s in {windows} forward passes (one window each) = "
           f"{1000 * s.timing.get('model_s', 0) / windows:.0f} ms wall per window")

@@ -88,9 +88,10 @@ class _Watch:
     """One watch: the source, the run's detector, the event tracker and the outputs (see :func:`watch`)."""
 
     def __init__(self, src: LiveSource, model: Any, config: Any, box_rule: Any, *, threshold: float,
-                 reference: dict[str, float] | None, tracker: EventTracker, max_latency: float, log: Callable[[str], None],
-                 event_log: EventLog, webhook: Webhook | None, clips: EventClips | None, scores: RollingCsv | None,
-                 view: LiveView | None, stop: StopRequest, duration: float | None, max_frames: int | None, device: str | None) -> None:
+                 reference: dict[str, float] | None, tracker: EventTracker, max_latency: float,
+                 log: Callable[[str], None], event_log: EventLog, webhook: Webhook | None, clips: EventClips | None,
+                 scores: RollingCsv | None, view: LiveView | None, stop: StopRequest, duration: float | None,
+                 max_frames: int | None, device: str | None) -> None:
         self.src, self.model, self.config, self.box_rule = src, model, config, box_rule
         self.threshold, self.reference, self.tracker = threshold, reference, tracker
         self.max_latency, self.log, self.stop = max_latency, log, stop
@@ -225,8 +226,8 @@ class _Watch:
                     self.clips.end(ev.end_time)
                 record["clip"] = str(self.clip_paths.get(ev.id))
             self._publish(record)
-            what = (f"event {ev.id} started at frame {ev.start_frame} (t={ev.start_time:.2f} s), peak {ev.peak_score:.4g}"
-                    if u.kind == "start" else
+            what = (f"event {ev.id} started at frame {ev.start_frame} (t={ev.start_time:.2f} s), "
+                    f"peak {ev.peak_score:.4g}" if u.kind == "start" else
                     f"event {ev.id} ended at frame {ev.end_frame} (t={ev.end_time:.2f} s, {ev.ended_by}), "
                     f"{ev.end_time - ev.start_time:.2f} s, peak {ev.peak_score:.4g} at frame {ev.peak_frame}")
             self.log(what)
@@ -321,7 +322,8 @@ def watch(
     calibration = read_calibration(run_dir) or {}
     threshold = calibration.get("threshold") if threshold is None else threshold
     if threshold is None:
-        raise CheckpointError(f"{run_dir} has no alarm threshold: run `oddframe calibrate {run_dir}` or pass --threshold")
+        raise CheckpointError(f"{run_dir} has no alarm threshold: run `oddframe calibrate {run_dir}` or pass "
+                              "--threshold")
     tracker = EventTracker(threshold=threshold, min_frames=min_frames, quiet=quiet, end_threshold=end_threshold)
     if not max_latency > 0:
         raise ValueError(f"--max-latency must be > 0 seconds, got {max_latency}")
@@ -358,8 +360,8 @@ def watch(
         stop = stack.enter_context(StopRequest("the watch"))
         w = _Watch(src, model, config, drawing["box_rule"], threshold=threshold,
                    reference=calibration.get("reference"), tracker=tracker, max_latency=max_latency, log=log,
-                   event_log=event_log, webhook=hook, clips=clip_out, scores=csv_out, view=live_view, stop=stop, duration=duration,
-                   max_frames=max_frames, device=device)
+                   event_log=event_log, webhook=hook, clips=clip_out, scores=csv_out, view=live_view, stop=stop,
+                   duration=duration, max_frames=max_frames, device=device)
         summary = w.run()
     if hook is not None:
         summary.webhook = {"sent": hook.sent, "failed": hook.failed, "dropped": hook.dropped}
