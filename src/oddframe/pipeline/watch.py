@@ -266,7 +266,7 @@ def _stats(prefix: str, values: deque[float]) -> dict[str, float]:
 
 def watch(
     run_dir: str | Path,
-    source: str,
+    source: str | Path,
     *,
     events: str | Path | None = None,
     webhook: str | None = None,
@@ -315,6 +315,7 @@ def watch(
         SourceError: the source cannot be opened (a network source is retried instead).
     """
     log = log or (lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
+    source = str(source)  # a path given as a Path
     model, config = load_run(run_dir, overrides=overrides)
     if config.score.normalise not in ("none", "calibrated"):
         raise ConfigError(f"score.normalise={config.score.normalise} needs each video whole; a live stream has no "
