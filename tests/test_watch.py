@@ -150,6 +150,36 @@ def test_an_http_stream(run, test_stream, tmp_path):
     assert s.received >= N - 1 and not s.gaps and s.stopped_by.startswith("gave up")  # the camera went away
 
 
+def test_a_udp_stream(run, test_stream, tmp_path):
+    """MPEG-TS over UDP (7 TS packets a datagram, as encoders send it) to a port the watch listens on."""
+    import socket
+
+    data, ends = test_stream
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    listening = threading.Event()
+
+    def send():
+        listening.wait(30)
+        time.sleep(0.5)  # the reader thread opens the port
+        out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        t0, sent = time.monotonic(), 0
+        for i, end in enumerate(ends):
+            time.sleep(max(0.0, t0 + i / 50 - time.monotonic()))
+            for k in range(sent, end, 1316):
+                out.sendto(data[k:min(k + 1316, end)], ("127.0.0.1", port))
+            sent = end
+        out.close()
+
+    threading.Thread(target=send, daemon=True).start()
+    s = watch(run, f"udp://127.0.0.1:{port}", events=tmp_path / "events.jsonl", quiet=0.3, max_latency=30,
+              duration=5.0, log=lambda line: listening.set())
+    _one_event_covering_the_anomaly(_records(tmp_path / "events.jsonl"))
+    assert s.received >= N - 5 and s.stopped_by == "duration"  # UDP has no end: the last frames stay in the decoder
+
+
 def test_a_stream_that_drops_is_reopened_and_the_gap_reported(run, tmp_path):
     first = mpegts_bytes(footage(50, seed=3), fps=10)
     second = mpegts_bytes(footage(N, ANOMALY, seed=4), fps=10)
