@@ -15,7 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "oddframe"
 FRONT = {"cli", "api", "demo"}
 TASKS = {"pipeline", "curation"}
-PIPELINE_TASKS = {"train", "calibrate", "detect", "evaluate"}
+PIPELINE_TASKS = {"train", "calibrate", "detect", "evaluate", "watch"}
 
 
 def _modules() -> list[tuple[str, Path]]:

@@ -95,3 +95,35 @@ def test_npy_writer_round_trip(tmp_path):
     back = np.load(tmp_path / "m.npy")
     assert back.shape == (5, 6, 7) and back.dtype == np.float16
     np.testing.assert_allclose(back, np.stack(frames), atol=1e-3)
+
+
+@pytest.mark.parametrize("n", [3, 9, 23])
+@pytest.mark.parametrize("length,stride", [(4, 4), (4, 2), (5, 1), (8, 4)])
+def test_eager_emits_as_soon_as_the_regular_windows_are_scored(n, length, stride):
+    """A live stream: frame p comes out once the windows starting at or before it are scored (at most
+    ``length - 1`` frames later), not once the stream's end-aligned last window can no longer cover it
+    (``length`` frames later)."""
+
+    def run(eager):
+        det = Detector(FrameValueModel(clip_length=length, position_weight=1.0), clip_length=length, stride=stride,
+                       batch_size=1, device="cpu", eager=eager)
+        pulled, out, lag = {"n": 0}, [], []
+
+        def counted():
+            for f in _stream(n):
+                pulled["n"] += 1
+                yield f
+
+        for r in det.run(counted(), "v"):
+            out.append(r)
+            lag.append(pulled["n"] - len(out))  # frames pulled after this one when it came out
+        return out, lag
+
+    (plain, plain_lag), (eager, eager_lag) = run(False), run(True)
+    assert [r.index for r in eager] == [r.index for r in plain] == [i * 10 for i in range(n)]
+    untouched = max(0, n - length)  # frames the end-aligned last window cannot cover: the same maps
+    for a, b in zip(eager[:untouched], plain[:untouched]):
+        np.testing.assert_allclose(a.amap, b.amap)
+    if untouched:
+        assert max(eager_lag[:untouched]) <= length - 1
+        assert max(plain_lag[:untouched]) == length

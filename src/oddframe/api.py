@@ -6,6 +6,7 @@
 >>> api.calibrate("runs/ped2")
 >>> metrics = api.evaluate("runs/ped2", "../shared/data/ped2", "runs/ped2/eval")
 >>> api.detect("runs/ped2", "video.mp4", "runs/ped2/detect", video="runs/ped2/detect/anomaly.mp4")
+>>> api.watch("runs/ped2", "rtsp://camera.local/stream", events="events.jsonl", duration=60)
 >>> api.bench(["configs/ped2_conv3d_ae.yaml", "configs/ped2_convlstm_ae.yaml"], "../shared/data/ped2", "bench/ped2")
 """
 
@@ -25,6 +26,7 @@ from oddframe.pipeline.evaluate import evaluate
 from oddframe.registry import build_model, list_models
 from oddframe.runs import load_run
 from oddframe.pipeline.train import fuse, train
+from oddframe.pipeline.watch import watch
 
 __all__ = [
     "Config",
@@ -42,6 +44,7 @@ __all__ = [
     "open_input",
     "open_source",
     "train",
+    "watch",
     "write_synthetic_dataset",
 ]
 

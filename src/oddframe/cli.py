@@ -261,6 +261,61 @@ def detect(
     out_console.print("written: " + ", ".join(str(p) for p in s.files), highlight=False)
 
 
+@app.command()
+@_friendly
+def watch(
+    source: str = typer.Argument(..., help="rtsp://, http(s)://, udp://, tcp:// stream, /dev/videoN, a named pipe, - (stdin) or a file."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder of a trained, calibrated model."),
+    events: Optional[Path] = typer.Option(None, "--events", help="Append event JSON lines here (default: standard output)."),
+    webhook: Optional[str] = typer.Option(None, "--webhook", help="POST each event as JSON to this URL (retried; never stops the watch)."),
+    clips: Optional[Path] = typer.Option(None, "--clips", help="Folder for an annotated MP4 of each event."),
+    scores: Optional[Path] = typer.Option(None, "--scores", help="Rolling CSV of every scored frame (with its latency)."),
+    realtime: bool = typer.Option(False, "--realtime", help="Play a file at its own frame rate (as a live source)."),
+    loop: bool = typer.Option(False, "--loop", help="Start a file again at its end."),
+    max_latency: float = typer.Option(1.0, "--max-latency", help="Seconds a frame may wait for the model before it is dropped."),
+    min_frames: int = typer.Option(3, "--min-frames", help="Consecutive frames above the threshold that start an event."),
+    quiet: float = typer.Option(2.0, "--quiet", help="Seconds below the threshold that end an event."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Event threshold on final scores (default: the calibrated one)."),
+    end_threshold: Optional[float] = typer.Option(None, "--end-threshold", help="Lower level an event must stay above (default: --threshold)."),
+    clip_before: float = typer.Option(3.0, "--clip-before", help="Seconds of video before each event in its clip."),
+    clip_after: float = typer.Option(3.0, "--clip-after", help="Seconds of video after each event in its clip."),
+    input_format: Optional[str] = typer.Option(None, "--format", help="FFmpeg input format to force (mpegts, v4l2, ...)."),
+    input_option: Optional[List[str]] = typer.Option(None, "--input-option", help="FFmpeg input option KEY=VALUE, e.g. rtsp_transport=tcp (repeatable)."),
+    retry_for: Optional[float] = typer.Option(None, "--retry-for", help="Give up on a lost stream after this many seconds (default: never)."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds."),
+    view: Optional[int] = typer.Option(None, "--view", help="Serve a live view (stream and events) on http://127.0.0.1:PORT/ (0: any free port)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, mps (default: the best present)."),
+) -> None:
+    """Watch a live source: score frames as they arrive and report anomaly events (start, end, peak, boxes)."""
+    from oddframe import api
+
+    options = {}
+    for item in input_option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--input-option takes KEY=VALUE, got {item!r}")
+        options[key] = value
+    log = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731
+    s = api.watch(checkpoint, source, events=events, webhook=webhook, clips=clips, scores=scores, realtime=realtime,
+                  loop=loop, max_latency=max_latency, min_frames=min_frames, quiet=quiet, threshold=threshold,
+                  end_threshold=end_threshold, clip_before=clip_before, clip_after=clip_after,
+                  input_format=input_format, input_options=options, retry_for=retry_for, duration=duration,
+                  view=view, overrides=list(set_ or []), device=device, log=log)
+    lat = s.latency
+    line = (f"watched {s.source} for {s.wall_s:.1f} s ({s.stopped_by}): {s.received} frames arrived, {s.scored} scored, "
+            f"{s.dropped_late + s.dropped_queue} dropped ({s.dropped_late} late, {s.dropped_queue} queue full); "
+            f"{s.events} event(s), {len(s.gaps)} gap(s)")
+    if lat:
+        line += (f"; latency arrival -> score p50 {lat['p50'] * 1000:.0f} ms, p95 {lat['p95'] * 1000:.0f} ms, "
+                 f"max {lat['max'] * 1000:.0f} ms (model's raw score: p95 {lat['model_p95'] * 1000:.0f} ms)")
+    if s.webhook:
+        line += f"; webhook sent {s.webhook['sent']}, failed {s.webhook['failed']}"
+    console.print(line, markup=False, highlight=False)
+    if s.clips:
+        console.print(f"clips: {len(s.clips)} in {s.clips[0].parent}", markup=False, highlight=False)
+
+
 @app.command(name="eval")
 @_friendly
 def eval_(

@@ -30,15 +30,13 @@ from oddframe.data.inspect import frame_ranges
 from oddframe.data.layouts import Video, open_input
 from oddframe.errors import Interrupted, OutputError
 from oddframe.files import output_lock, safe_name, write_json
-from oddframe.pipeline.engine import FrameResult, detector_for, postprocess, stream_video, warn_conversions
+from oddframe.pipeline.engine import detector_for, postprocess, stream_video, warn_conversions
 from oddframe.pipeline.outputs import (
     LiveScores,
     NpyWriter,
     ScoreJournal,
-    display_frame,
+    panel_maker,
     render_kwargs,
-    resize_map,
-    shown_size,
     video_fps,
     write_scores_csv,
 )
@@ -283,7 +281,7 @@ def _score_videos(videos: list[Video], detector, config, journal: ScoreJournal, 
                     loop["outputs"] += time.perf_counter() - t0
                     if background is not None:
                         for item in ready:
-                            background.submit(_panel_maker(*item))
+                            background.submit(panel_maker(*item))
                     loop["new"] += 1
                     bar.advance(task)
                     if stop.requested:
@@ -291,24 +289,11 @@ def _score_videos(videos: list[Video], detector, config, journal: ScoreJournal, 
             finally:  # the video and the maps hold exactly the frames of the journal, whatever stopped the loop
                 if background is not None:
                     for item in live.finish():
-                        background.submit(_panel_maker(*item))
+                        background.submit(panel_maker(*item))
                 if map_writer is not None:
                     map_writer.close()
             if stop.requested:
                 return
-
-
-def _panel_maker(r: FrameResult, score: float, flagged: bool | None):
-    """What the video writer's thread needs to draw frame ``r``: the frame shown, its map (at model resolution for
-    calibrated boxes, else at the frame's), and its header."""
-
-    def make(calibrated: bool) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        shown = display_frame(r)
-        amap = r.amap if calibrated else resize_map(r.amap, shown_size(shown))
-        return shown, amap, {"title": f"{r.video} #{r.index}", "frame_loss": score, "flagged": flagged,
-                             "invalid": r.invalid}
-
-    return make
 
 
 def _final_rows(journal: list[dict[str, Any]], config, reference, threshold) -> tuple[list[dict[str, Any]], int, int]:

@@ -116,6 +116,10 @@ class Detector:
         rule_options: keyword options of the rule (e.g. ``{"weighting": "log_area"}`` for ``"blob"``).
         device: where the model runs (default: :func:`default_device`).
         min_valid_fraction: a frame with a smaller share of valid pixels gets no score (NaN, ``invalid``).
+        eager: emit a frame as soon as the regular windows covering it are scored (a live stream: up to one window
+            sooner), instead of waiting until the end-aligned last window of the stream can no longer cover it;
+            that last window then adds to the frames not yet emitted only (the last ``clip_length - 1`` frames
+            before the stream ends may score lower than without ``eager``).
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class Detector:
         rule_options: dict[str, object] | None = None,
         device: torch.device | str | None = None,
         min_valid_fraction: float = 0.0,
+        eager: bool = False,
     ) -> None:
         if aggregate not in ("max", "mean"):
             raise ValueError(f"aggregate must be 'max' or 'mean', got {aggregate!r}")
@@ -150,6 +155,7 @@ class Detector:
         self.rule_options = dict(rule_options or {})
         self.map_power = getattr(model, "map_power", 2)
         self.min_valid_fraction = min_valid_fraction
+        self.eager = eager
         self.timing = Timing()
 
     def _autocast(self):
@@ -169,7 +175,7 @@ class Detector:
         first = 0
         pending: list[int] = []  # window starts waiting for a forward pass
         acc = MapAccumulator(how=self.aggregate)
-        next_start, covered, n = 0, 0, 0
+        next_start, covered, n, emitted = 0, 0, 0, 0  # frames before `emitted` are out
         it = iter(frames)
         failure: Exception | None = None  # a source that breaks part-way: score what came before, then raise it
         while True:
@@ -191,19 +197,21 @@ class Detector:
                 pending.append(max(0, n - L))
                 covered = n
             if pending and (len(pending) >= self.batch_size or done):
-                self._forward(pending, buffer, first, acc, video)
+                self._forward(pending, buffer, first, acc, video, emitted)
                 pending = []
-            ready = n if done else min([next_start, max(0, n - L)] + pending)
+            ready = n if done else min([next_start] + ([] if self.eager else [max(0, n - L)]) + pending)
             yield from self._emit(acc, buffer, first, ready, video)
-            while buffer and first < ready:  # emitted frames are needed by no future window
-                buffer.popleft()
+            emitted = max(emitted, ready)
+            while buffer and first < min(ready, max(0, n - L)):  # frames no future window needs (the end-aligned
+                buffer.popleft()  # last one may start at n - L)
                 first += 1
             if done:
                 if failure is not None:
                     raise failure
                 return
 
-    def _forward(self, starts: list[int], buffer: deque, first: int, acc: MapAccumulator, video: str) -> None:
+    def _forward(self, starts: list[int], buffer: deque, first: int, acc: MapAccumulator, video: str,
+                 emitted: int = 0) -> None:
         clips = []
         for s in starts:
             window = [buffer[p - first] for p in range(s, min(s + self.clip_length, first + len(buffer)))]
@@ -227,7 +235,9 @@ class Detector:
         maps_np = maps.cpu().numpy()
         for b, s in enumerate(starts):  # padded frames come last in a window: the first n are the real ones
             n = min(self.clip_length, first + len(buffer) - s)
-            acc.add(np.arange(s, s + n), maps_np[b][:n])
+            k = max(0, emitted - s)  # (eager) frames already emitted keep the score they went out with
+            if k < n:
+                acc.add(np.arange(s + k, s + n), maps_np[b][k:n])
 
     def _emit(self, acc: MapAccumulator, buffer: deque, first: int, before: int, video: str) -> Iterator[FrameResult]:
         for pos, amap in acc.pop_ready(before):

@@ -187,32 +187,42 @@ class LiveScores:
         self.pointwise = config.score.normalise in ("none", "calibrated")
         sigma = config.score.smoothing_sigma
         self.radius = int(4.0 * sigma + 0.5) if sigma > 0 else 0
-        self.raw: list[float] = list(earlier)  # the video's raw scores so far (earlier ones: from a resumed run)
+        # The video's raw scores from frame `_first` on (earlier ones: from a resumed run): only the last ones a
+        # pending frame's smoothing window reads are kept, so memory stays flat on an endless (live) stream.
+        self.raw: list[float] = list(earlier)
+        self._first = 0
         self._pending: deque[tuple[int, Any]] = deque()
 
     def _final(self, i: int) -> tuple[float, bool | None]:
         if not self.pointwise:
-            return self.raw[i], None
-        lo, hi = max(0, i - self.radius), min(len(self.raw), i + self.radius + 1)
-        value = float(postprocess(np.asarray(self.raw[lo:hi]), self.config, self.reference)[i - lo])
+            return self.raw[i - self._first], None
+        lo, hi = max(0, i - self.radius), min(self._first + len(self.raw), i + self.radius + 1)
+        window = np.asarray(self.raw[lo - self._first:hi - self._first])
+        value = float(postprocess(window, self.config, self.reference)[i - lo])
         flagged = None if self.threshold is None or math.isnan(value) else value > self.threshold
         return value, flagged
 
     def push(self, score: float, item: Any) -> list[tuple[Any, float, bool | None]]:
         """Add one frame's raw score; return the items whose final score is now known, in order."""
         self.raw.append(score)
-        self._pending.append((len(self.raw) - 1, item))
-        return self._ready(len(self.raw) - 1 - (self.radius if self.pointwise else 0))
+        n = self._first + len(self.raw)
+        self._pending.append((n - 1, item))
+        return self._ready(n - 1 - (self.radius if self.pointwise else 0))
 
     def finish(self) -> list[tuple[Any, float, bool | None]]:
         """The end of the video: every remaining item."""
-        return self._ready(len(self.raw) - 1)
+        return self._ready(self._first + len(self.raw) - 1)
 
     def _ready(self, last: int) -> list[tuple[Any, float, bool | None]]:
         out = []
         while self._pending and self._pending[0][0] <= last:
             i, item = self._pending.popleft()
             out.append((item, *self._final(i)))
+        if self.pointwise:  # per-video normalisations (not pointwise) show raw scores and read no window
+            keep = (self._pending[0][0] if self._pending else self._first + len(self.raw)) - self.radius
+            if keep - self._first > 64:  # trim in steps, not at every frame
+                del self.raw[:keep - self._first]
+                self._first = keep
         return out
 
 
@@ -265,6 +275,19 @@ def resize_map(amap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if amap.shape == (h, w):
         return amap
     return cv2.resize(amap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def panel_maker(r: FrameResult, score: float, flagged: bool | None, title: str | None = None):
+    """What the video writer's thread needs to draw frame ``r``: the frame shown, its map (at model resolution for
+    calibrated boxes, else at the frame's), and its header (``title``, default ``"<video> #<frame>"``)."""
+
+    def make(calibrated: bool) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        shown = display_frame(r)
+        amap = r.amap if calibrated else resize_map(r.amap, shown_size(shown))
+        return shown, amap, {"title": title or f"{r.video} #{r.index}", "frame_loss": score, "flagged": flagged,
+                             "invalid": r.invalid}
+
+    return make
 
 
 def video_fps(videos: list[Video]) -> float | None:
