@@ -129,3 +129,12 @@ def test_fusion_errors_name_the_problem(members, tmp_path):
     api.fuse([str(root / "a")], fused, progress=False)
     with pytest.raises(CheckpointError, match="already holds a run"):
         api.fuse([str(root / "a")], fused, progress=False)
+
+
+def test_fused_maps_and_valid_masks_share_the_fused_size(members, tmp_path):
+    """A fused size other than every member's: maps, valid masks and region metrics all at ``data.size``."""
+    root, data = members
+    api.fuse([str(root / "a"), str(root / "b")], tmp_path / "fused", overrides=["data.size=[24,24]"], progress=False)
+    api.calibrate(tmp_path / "fused", progress=False)
+    metrics = api.evaluate(tmp_path / "fused", data, tmp_path / "eval", progress=False, regions=True)
+    assert metrics["pixel_auroc"] is not None and metrics["rbdc"] is not None

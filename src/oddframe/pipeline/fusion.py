@@ -104,7 +104,7 @@ class FusedDetector:
             first = results[0]
             valid = cv2.resize(first.valid.astype(np.uint8), self.size[::-1], interpolation=cv2.INTER_NEAREST) > 0
             self._sum_timing()
-            yield FrameResult(video.name, first.index, first.time, score, fused * valid, first.frame, first.valid,
+            yield FrameResult(video.name, first.index, first.time, score, fused * valid, first.frame, valid,
                               first.raw, members=dict(zip(self.model.member_names, calibrated.tolist())), invalid=invalid)
 
     def _sum_timing(self) -> None:
