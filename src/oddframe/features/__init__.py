@@ -1,5 +1,9 @@
 """Derived inputs computed once per frame in the stream, for the models that ask for them.
 
+Registered: ``flow`` (:mod:`.flow`, dense optical flow), ``diff`` and ``background`` (:mod:`.background`, frame
+difference and an OpenCV background model). :mod:`.regions` holds the pure functions that turn them into moving
+regions and region attributes.
+
 A model names what it needs in :meth:`~oddframe.models.base.AnomalyModel.derived_inputs` (``{"flow": {...}}``);
 the engine and the trainer wrap the frame stream in :func:`with_features`, which computes each derived input once
 per frame and attaches it to the frame (``TransformedFrame.features``); windows carry them to the model as
@@ -14,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 import numpy as np
 
 from oddframe.data.loading import TransformedFrame
+from oddframe.features.background import BackgroundModel, FrameDifference
 from oddframe.features.flow import OpticalFlow
 
 
@@ -30,7 +35,11 @@ class FeatureExtractor(Protocol):
 
 
 #: Registered derived inputs: name -> constructor taking the model's keyword parameters for it.
-FEATURES: dict[str, Callable[..., FeatureExtractor]] = {"flow": OpticalFlow}
+FEATURES: dict[str, Callable[..., FeatureExtractor]] = {
+    "flow": OpticalFlow,
+    "diff": FrameDifference,
+    "background": BackgroundModel,
+}
 
 
 def make_extractors(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, FeatureExtractor]:
