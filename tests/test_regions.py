@@ -37,6 +37,11 @@ def test_morphology_joins_parts_and_removes_specks():
     reg = R.find_regions(cleaned, min_area=1)
     assert len(reg) == 1 and reg.boxes[0].tolist()[0] <= 10 and reg.boxes[0].tolist()[2] >= 20
     assert not cleaned[35, 35]
+    ring = np.zeros((30, 30), bool)
+    ring[5:25, 5:25] = True
+    ring[9:21, 9:21] = False  # an outline: the frame difference of a flat object
+    assert R.clean_mask(ring, close=1, open_=1)[15, 15], "holes are filled"
+    assert not R.clean_mask(ring, close=1, open_=1, fill_holes=False)[15, 15]
 
 
 def test_motion_mask_combines_flow_and_change():

@@ -179,11 +179,14 @@ def detect(
     maps: bool = typer.Option(False, "--maps", help="Also write the anomaly maps (maps/<video>.npy)."),
     video: Optional[Path] = typer.Option(None, "--video", help="Write an MP4: frame | anomaly heatmap with boxes."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, mps (default: the best present)."),
+    start_frame: int = typer.Option(0, "--start-frame", min=0, help="First frame of each input video scored."),
+    stop_frame: Optional[int] = typer.Option(None, "--stop-frame", min=1, help="Frame where scoring stops (exclusive)."),
 ) -> None:
     """Score every frame (and pixel) of new footage with a trained model."""
     from oddframe import api
 
-    s = api.detect(checkpoint, input_path, out, overrides=list(set_ or []), maps=maps, video=video, device=device)
+    s = api.detect(checkpoint, input_path, out, overrides=list(set_ or []), maps=maps, video=video, device=device,
+                   start_frame=start_frame, stop_frame=stop_frame)
     t = s.timing
     out_console.print(
         f"scored {s.n_frames} frames of {s.n_videos} video(s) at {t['fps']:.1f} frames/s "

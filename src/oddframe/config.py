@@ -34,6 +34,11 @@ class DataConfig(_Section):
     percentiles: tuple[float, float] = (0.5, 99.5)
     stretch: Literal["linear", "log", "asinh"] = "linear"
     holdout_videos: int = Field(0, ge=0, description="last n training videos kept out of training, for calibration")
+    start_frame: int = Field(0, ge=0, description="first frame of each normal source used (training, calibration)")
+    stop_frame: int | None = Field(
+        None, ge=1, description="frame where each normal source stops (exclusive; null = its end); detection takes "
+        "its own range (oddframe detect --start-frame/--stop-frame)"
+    )
 
 
 class AugmentConfig(_Section):

@@ -39,10 +39,13 @@ from oddframe.data.groundtruth import (
     read_ucsd_m,
     subdirs,
 )
-from oddframe.data.sources import FrameSource, is_source, natural_key, open_source, path_suffix
+from oddframe.data.sources import FrameRange, FrameSource, is_source, natural_key, open_source, path_suffix
 from oddframe.errors import LayoutError, SourceError
 
-__all__ = ["LAYOUTS", "Dataset", "PixelMasks", "Video", "check_video", "detect_layout", "load_dataset", "open_input"]
+__all__ = [
+    "LAYOUTS", "Dataset", "PixelMasks", "Video", "check_video", "detect_layout", "frame_range", "load_dataset",
+    "normal_videos", "open_input",
+]
 
 LAYOUTS: tuple[str, ...] = ("generic", "ucsd", "ucsd_redistributed", "avenue")
 
@@ -394,3 +397,24 @@ def open_input(path: str | Path, *, check_masks: bool = False) -> Dataset:
         return Dataset(layout="source", root=path, test=[Video(name, source)])
     detect_layout(path)  # raises the LayoutError that lists what each layout expects
     raise LayoutError(f"{path}: neither a dataset folder nor a frame source")  # pragma: no cover
+
+
+def frame_range(videos: list[Video], start: int = 0, stop: int | None = None) -> list[Video]:
+    """The same videos cut to frames ``start <= index < stop`` (labels and masks keep the source's numbering)."""
+    if start == 0 and stop is None:
+        return list(videos)
+    return [Video(v.name, FrameRange(v.source, start, stop), v.labels, v.masks) for v in videos]
+
+
+def normal_videos(path: str | Path, *, start: int = 0, stop: int | None = None) -> list[Video]:
+    """The normal footage at ``path``: a dataset folder's training videos, or a single source (a video file, a
+    folder of images...) as one normal video; cut to frames ``start <= index < stop``.
+
+    Raises:
+        LayoutError: if ``path`` is a dataset without training videos, or neither a dataset nor a source.
+    """
+    dataset = open_input(path)
+    videos = dataset.test if dataset.layout == "source" else dataset.train
+    if not videos:
+        raise LayoutError(f"{path}: the {dataset.layout} layout has no training (normal) videos")
+    return frame_range(videos, start, stop)

@@ -126,6 +126,37 @@ class FrameSource(ABC):
         return f"{type(self).__name__}({str(self.path)!r}, n_frames={len(self)}, shape={self._shape})"
 
 
+class FrameRange(FrameSource):
+    """The frames ``start <= index < stop`` of another source (``index`` is the frame's number in that source,
+    so labels, masks and reported frame numbers stay those of the whole source).
+
+    Args:
+        source: the source to cut.
+        start: first frame kept.
+        stop: first frame no longer kept; None = to the end.
+    """
+
+    def __init__(self, source: FrameSource, start: int = 0, stop: int | None = None) -> None:
+        if start < 0 or (stop is not None and stop <= start):
+            raise ValueError(f"a frame range needs 0 <= start < stop; got start={start}, stop={stop}")
+        super().__init__(source.path, fps=source.fps, shape=source.frame_shape(), dtype=source.dtype)
+        self.kind, self.source, self.start, self.stop = source.kind, source, start, stop
+
+    def __len__(self) -> int:
+        end = len(self.source) if self.stop is None else min(self.stop, len(self.source))
+        return max(0, end - self.start)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for frame in self.source:  # sources decode in order; frames before `start` are read and skipped
+            if self.stop is not None and frame.index >= self.stop:
+                return
+            if frame.index >= self.start:
+                yield frame
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "start": self.start, "stop": self.stop}
+
+
 def split_invalid(data: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Mark non-finite pixels of float data invalid and set them to 0.
 

@@ -74,14 +74,20 @@ def _disk(size: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
 
 
-def clean_mask(mask: np.ndarray, *, close: int = 5, open_: int = 3) -> np.ndarray:
+def clean_mask(mask: np.ndarray, *, close: int = 5, open_: int = 3, fill_holes: bool = True) -> np.ndarray:
     """Morphological cleaning of a motion mask ``(H, W)`` bool: closing (``close`` px disk) joins the parts of one
-    object, then opening (``open_`` px disk) removes specks; 0 or 1 skips a step."""
+    object, opening (``open_`` px disk) removes specks (0 or 1 skips a step), and holes are filled (the frame
+    difference marks an object's textured outline but not its flat inside).
+    """
     m = mask.astype(np.uint8)
     if close > 1:
         m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, _disk(close))
     if open_ > 1:
         m = cv2.morphologyEx(m, cv2.MORPH_OPEN, _disk(open_))
+    if fill_holes:
+        outside = np.pad(m, 1)  # flood the background from the border: what stays 0 is enclosed
+        cv2.floodFill(outside, None, (0, 0), 1)
+        m |= 1 - outside[1:-1, 1:-1]
     return m.astype(bool)
 
 

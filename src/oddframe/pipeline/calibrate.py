@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from oddframe.config import Config
-from oddframe.data.layouts import Video, load_dataset
+from oddframe.data.layouts import Video, normal_videos
 from oddframe.data.loading import TransformedFrame
 from oddframe.data.prepared import is_prepared, prepared_dataset
 from oddframe.data.transforms import frame_transform
@@ -82,7 +82,7 @@ def calibrate(
         raw = _prepared_scores(detector, path, config, progress)
         source = "prepared training clips kept by the review (seen in training: the threshold is optimistic)"
     else:
-        train = load_dataset(path).train
+        train = normal_videos(path, start=config.data.start_frame, stop=config.data.stop_frame)
         k = config.data.holdout_videos
         normal = train[len(train) - k:] if k else train
         source = "held-out training videos" if k else "training videos (seen in training: the threshold is optimistic)"

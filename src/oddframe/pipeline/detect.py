@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oddframe.data.layouts import open_input
+from oddframe.data.layouts import frame_range, open_input
 from oddframe.files import safe_name
 from oddframe.pipeline.engine import detector_for, postprocess, stream_video
 from oddframe.pipeline.outputs import NpyWriter, display_frame, render_kwargs, resize_map, video_fps, write_scores_csv
@@ -41,19 +41,22 @@ def detect(
     video: str | Path | None = None,
     progress: bool = True,
     device: str | None = None,
+    start_frame: int = 0,
+    stop_frame: int | None = None,
 ) -> DetectSummary:
     """Score every frame of ``input_path`` (any source or dataset; a dataset's test split) with a trained run.
 
     Writes ``scores.csv`` (video, frame, time, score, flagged), with ``maps=True`` the anomaly maps as
     ``maps/<video>.npy`` (float16, ``(T, H, W)`` at model resolution), and with ``video`` an MP4 of the frames
-    beside their anomaly heatmaps.
+    beside their anomaly heatmaps. ``start_frame`` and ``stop_frame`` (exclusive) cut every input video to that
+    range of frames (frame numbers in the outputs stay those of the whole video).
     """
     from oddframe.render.video import AnomalyVideoWriter
 
     model, config = load_run(run_dir, overrides=overrides)
     calibration = read_calibration(run_dir)
     dataset = open_input(input_path)
-    videos = dataset.test or dataset.train
+    videos = frame_range(dataset.test or dataset.train, start_frame, stop_frame)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     detector = detector_for(model, config, device=device)

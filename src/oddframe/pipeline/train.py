@@ -20,7 +20,7 @@ from oddframe import runs
 from oddframe.config import Config
 from oddframe.data.augment import ClipAugment
 from oddframe.data.clips import Batch, collate
-from oddframe.data.layouts import load_dataset
+from oddframe.data.layouts import normal_videos
 from oddframe.data.loading import VideoFrames, WindowDataset, iter_frames, stack_frames
 from oddframe.data.prepared import is_prepared, prepared_dataset
 from oddframe.data.transforms import frame_transform
@@ -46,20 +46,18 @@ class TrainResult:
 def training_videos(
     config: Config, *, progress: bool = True, features: Mapping[str, Mapping[str, Any]] | None = None
 ) -> list[VideoFrames]:
-    """Load the normal training videos named by ``config.data.path`` (less the held-out ones) into memory,
-    with the derived inputs ``features`` (``{name: params}``, see :mod:`oddframe.features`) of every frame."""
+    """Load the normal training videos named by ``config.data.path`` (a dataset's training split or a single
+    source; frames ``data.start_frame`` to ``data.stop_frame``; less the held-out videos) into memory, with the
+    derived inputs ``features`` (``{name: params}``, see :mod:`oddframe.features`) of every frame."""
     if not config.data.path:
         raise ConfigError("data.path is not set: give the training data with --set data.path=FOLDER")
-    dataset = load_dataset(config.data.path)
-    videos = dataset.train
+    videos = normal_videos(config.data.path, start=config.data.start_frame, stop=config.data.stop_frame)
     if config.data.holdout_videos:
         if config.data.holdout_videos >= len(videos):
             raise ConfigError(
                 f"data.holdout_videos={config.data.holdout_videos} leaves no training video (have {len(videos)})"
             )
         videos = videos[: len(videos) - config.data.holdout_videos]
-    if not videos:
-        raise ConfigError(f"{config.data.path}: the {dataset.layout} layout has no training videos")
     transform = frame_transform(config.data)
     out = []
     with progress_bar(progress) as bar:

@@ -1,0 +1,340 @@
+"""``motion_density``: object-level attributes scored by density, detector-free (after AI-VAD).
+
+Reiss & Hoshen, "Attribute-based Representations for Accurate and Interpretable Video Anomaly Detection"
+(AI-VAD, TMLR 2023, arXiv 2212.00789) describe every object of a frame by its velocity, pose and deep
+appearance features, fit one density per attribute on the objects of normal footage, calibrate each
+attribute's score on normal training data and sum them (their Sec. 3, Eq. 1-4). Velocity alone, a Gaussian
+mixture over a histogram of flow orientations holding the mean flow magnitude, already reaches 98.8 frame AUROC
+on Ped2 (their Table 3). This model keeps that recipe without a pretrained detector or flow network:
+
+- **objects**: moving regions of OpenCV DIS flow and the frame difference (:mod:`oddframe.features.regions`);
+- **attributes** (each switchable): ``velocity`` (orientation histogram of mean L1 flow magnitude, ``B`` bins;
+  optionally divided by the box height for perspective), ``size`` (box height and width), ``position`` (box
+  centre) and ``appearance`` (HOG of the crop, in place of CLIP features);
+- **densities**: a Gaussian mixture per attribute, or over several attributes jointly (``"velocity+size"``, the
+  default: without a detector, fragments of people are small and fast and merged groups big and slow, which
+  only a joint density of speed and size tells apart from a fast bicycle), fitted by scikit-learn and kept as
+  parameters; the distance to the nearest normal descriptor for appearance (AI-VAD Eq. 3);
+- **calibration**: each attribute's score is mapped by the minimum and 99.9th percentile of the scores of
+  normal training regions, computed leave-one-video-out (AI-VAD's ``score_calibration.py``), then summed.
+
+The map paints each region's score on its pixels; elsewhere it holds the score of the least anomalous normal
+training frame, so a frame without moving regions scores as that frame, and with ``score.rule: max`` the frame
+score is the maximum over regions. Every fitted quantity is a buffer saved in ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from oddframe.data.clips import Batch
+from oddframe.features import regions as R
+from oddframe.features.flow import to_grey_uint8
+from oddframe.models import density as D
+from oddframe.models.base import AnomalyModel
+from oddframe.registry import register_model
+
+ATTRIBUTES = ("velocity", "size", "position", "appearance")
+CHANGES = ("none", "diff", "background")
+
+
+def _parse_densities(attributes: Iterable[str]) -> tuple[tuple[str, ...], ...]:
+    """``["velocity+size", "appearance"]`` -> ``(("velocity", "size"), ("appearance",))``, checked."""
+    out = []
+    for entry in attributes:
+        parts = tuple(p.strip() for p in str(entry).split("+"))
+        bad = [p for p in parts if p not in ATTRIBUTES]
+        if bad or not parts or len(set(parts)) < len(parts):
+            raise ValueError(f"attribute {entry!r}: use names from {', '.join(ATTRIBUTES)}, joined by '+' for a joint "
+                             f"density, each once")
+        if "appearance" in parts and len(parts) > 1:
+            raise ValueError(f"attribute {entry!r}: appearance has its own kNN density and cannot be joined")
+        out.append(parts)
+    if not out or len({a for parts in out for a in parts}) < sum(len(parts) for parts in out):
+        raise ValueError(f"attributes must be a non-empty list naming each attribute at most once; got {list(attributes)}")
+    return tuple(out)
+
+
+@register_model("motion_density")
+class MotionDensity(AnomalyModel):
+    """Detector-free object velocity, size, position and appearance densities (after AI-VAD), fitted not trained.
+
+    Args:
+        in_channels, clip_length, image_size: the input (every frame is scored on its own; windows of any length).
+        flow_method, flow_preset, flow_scale, flow_step: the optical flow (:class:`oddframe.features.flow.OpticalFlow`).
+        flow_threshold: pixels moving faster than this (pixels per frame) may belong to a region.
+        change: second cue of the motion mask: ``"diff"`` (frame difference), ``"background"`` (MOG2) or ``"none"``.
+        change_threshold: a pixel changed when its frame difference exceeds this many grey levels (0-255);
+            for ``"background"`` the model's foreground mask is used as is.
+        combine: ``"and"`` (moving and changed), ``"or"`` or ``"flow"`` (flow alone); see
+            :func:`oddframe.features.regions.motion_mask`.
+        close_size, open_size: morphological closing, then opening (pixel disks) of the mask.
+        min_area: smallest region in pixels; smaller components are dropped and counted.
+        camera_motion: subtract each frame's median flow first (a panning or shaking camera).
+        attributes: the densities scored and summed: names from ``velocity``, ``size``, ``position``,
+            ``appearance``, joined by ``+`` for one joint Gaussian mixture (``["velocity", "appearance"]`` is
+            AI-VAD's velocity and deep-feature pair).
+        velocity_bins: orientation bins of the velocity histogram (AI-VAD: 1 on Ped2, 8 on Avenue).
+        perspective: divide velocities by the box height (objects far away move fewer pixels).
+        components: Gaussian mixture components of every mixture (AI-VAD: 2 on Ped2, 5 on Avenue).
+        appearance_size: side of the HOG crop (a multiple of 8).
+        knn_k: neighbours averaged by the appearance score (AI-VAD: 1).
+        bank_size: most normal appearance descriptors kept (a random subset beyond that).
+        calibration_percentile: the high end of each attribute's calibration (AI-VAD: 99.9).
+        folds: contiguous blocks used as groups for leave-one-out calibration when there is one training video.
+        seed: randomness of the mixtures and of the bank subset.
+    """
+
+    map_power = 1
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        clip_length: int = 1,
+        image_size: tuple[int, int] = (240, 360),
+        flow_method: str = "dis",
+        flow_preset: str = "medium",
+        flow_scale: float = 1.0,
+        flow_step: int = 1,
+        flow_threshold: float = 0.1,
+        change: str = "diff",
+        change_threshold: float = 18.0,
+        combine: str = "and",
+        close_size: int = 7,
+        open_size: int = 3,
+        min_area: int = 50,
+        camera_motion: bool = False,
+        attributes: tuple[str, ...] | list[str] = ("velocity+size", "appearance"),
+        velocity_bins: int = 1,
+        perspective: bool = False,
+        components: int = 8,
+        appearance_size: int = 32,
+        knn_k: int = 1,
+        bank_size: int = 20000,
+        calibration_percentile: float = 99.9,
+        folds: int = 5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.clip_length, self.image_size = in_channels, clip_length, tuple(image_size)
+        self.densities = _parse_densities(attributes)
+        if change not in CHANGES:
+            raise ValueError(f"change must be one of {', '.join(CHANGES)}; got {change!r}")
+        if combine not in R.COMBINE:
+            raise ValueError(f"combine must be one of {', '.join(R.COMBINE)}; got {combine!r}")
+        if min_area < 1 or knn_k < 1 or bank_size < knn_k or folds < 2 or components < 1 or velocity_bins < 1:
+            raise ValueError("min_area, knn_k, components, velocity_bins must be >= 1, bank_size >= knn_k, folds >= 2")
+        if not 50 < calibration_percentile <= 100:
+            raise ValueError(f"calibration_percentile must be in (50, 100], got {calibration_percentile}")
+        if appearance_size < 16 or appearance_size % 8:
+            raise ValueError(f"appearance_size must be a multiple of 8, >= 16; got {appearance_size}")
+        self.flow = {"method": flow_method, "preset": flow_preset, "scale": flow_scale, "step": flow_step}
+        self.flow_threshold, self.change, self.change_threshold, self.combine = flow_threshold, change, change_threshold, combine
+        self.close_size, self.open_size, self.min_area, self.camera_motion = close_size, open_size, min_area, camera_motion
+        self.attributes = tuple(a for a in ATTRIBUTES if any(a in d for d in self.densities))
+        self.velocity_bins, self.perspective, self.components = velocity_bins, perspective, components
+        self.appearance_size, self.knn_k, self.bank_size = appearance_size, knn_k, bank_size
+        self.calibration_percentile, self.folds, self.seed = calibration_percentile, folds, seed
+        for parts in self.densities:
+            if parts == ("appearance",):
+                self.register_fitted("appearance_bank", torch.zeros(0))
+            else:
+                for p in ("weights", "means", "covariances"):
+                    self.register_fitted(f"{'_'.join(parts)}_{p}", torch.zeros(0, dtype=torch.float64))
+        #: (A, 2): each density's (low, high) calibration from normal training regions.
+        self.register_fitted("calibration", torch.zeros(0, dtype=torch.float64))
+        #: () score of the least anomalous normal training frame: the map's value off the regions.
+        self.register_fitted("floor", torch.zeros((), dtype=torch.float64))
+        #: (3,) frames, regions and dropped (too small) components seen when fitting.
+        self.register_fitted("fit_counts", torch.zeros(3, dtype=torch.int64))
+        self.fit_before_epoch = 0
+        self.dropped = 0  #: components too small to be regions, counted over every frame scored since construction
+
+    # --- the contract --------------------------------------------------------------------------------------
+
+    def derived_inputs(self) -> dict[str, dict[str, Any]]:
+        """Optical flow always; the frame difference or a background model when ``change`` asks for them."""
+        out: dict[str, dict[str, Any]] = {"flow": dict(self.flow)}
+        if self.change == "diff":
+            out["diff"] = {"blur": 3, "step": self.flow["step"]}
+        elif self.change == "background":
+            out["background"] = {"method": "mog2"}
+        return out
+
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError("motion_density is fitted (oddframe train calls fit), not trained by gradient")
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.calibration.numel() > 0
+
+    def anomaly_map(self, batch: Batch) -> torch.Tensor:
+        """Each region's summed calibrated score on its pixels, the floor elsewhere: ``(B, T, H, W)``, >= 0."""
+        if not self.is_fitted:
+            raise RuntimeError("motion_density is not fitted: train it with `oddframe train` (one pass, no gradient)")
+        b, _, t, h, w = batch.frames.shape
+        out = np.empty((b, t, h, w), np.float32)
+        floor = float(self.floor)
+        for i, j, regions, feats in self._frames(batch):
+            if regions is None or len(regions) == 0:
+                out[i, j] = floor
+                continue
+            score = self._score(feats).sum(axis=1)
+            out[i, j] = R.paint(regions, np.maximum(score, floor), background=floor)
+        return torch.from_numpy(out).to(batch.frames.device)
+
+    # --- regions and attributes ----------------------------------------------------------------------------
+
+    def _frames(self, batch: Batch, *, dedupe: set | None = None) -> Iterable[tuple[int, int, R.Regions | None, dict]]:
+        """``(clip, time, regions, attributes)`` for every frame of the batch (None regions for padded frames)."""
+        frames = batch.frames.float().cpu().numpy()
+        valid = batch.valid.cpu().numpy()
+        flow_all = batch.extras["flow"].float().cpu().numpy() if "flow" in batch.extras else None
+        change_key = {"diff": "diff", "background": "background"}.get(self.change)
+        change_all = batch.extras[change_key].float().cpu().numpy() if change_key in batch.extras else None
+        index = batch.frame_index.cpu().numpy() if batch.frame_index is not None else None
+        for i in range(frames.shape[0]):
+            for j in range(frames.shape[2]):
+                if index is not None and index[i, j] < 0 or not valid[i, 0, j].any():
+                    yield i, j, None, {}
+                    continue
+                if dedupe is not None:
+                    key = (batch.video[i] if batch.video else "", int(index[i, j]) if index is not None else j)
+                    if key in dedupe:
+                        continue
+                    dedupe.add(key)
+                flow = flow_all[i, :, j] if flow_all is not None else np.zeros((2, *frames.shape[3:]), np.float32)
+                change = change_all[i, 0, j] if change_all is not None else None
+                regions, feats = self.regions_and_attributes(frames[i, :, j], flow, change)
+                yield i, j, regions, feats
+
+    def regions_and_attributes(
+        self, frame: np.ndarray, flow: np.ndarray, change: np.ndarray | None
+    ) -> tuple[R.Regions, dict[str, np.ndarray]]:
+        """The moving regions of one frame and their attributes.
+
+        Args:
+            frame: ``(C, H, W)`` in ``[-1, 1]``.
+            flow: ``(2, H, W)`` pixels per frame.
+            change: ``(H, W)`` frame difference (grey levels) or foreground (0/1), or None.
+
+        Returns:
+            The regions and ``{attribute: (N, D_a)}``.
+        """
+        if self.camera_motion:
+            flow = flow - np.median(flow.reshape(2, -1), axis=1)[:, None, None]
+        threshold = 0.5 if self.change == "background" else self.change_threshold
+        mask = R.motion_mask(R.flow_magnitude(flow), flow_threshold=self.flow_threshold, change=change,
+                             change_threshold=threshold, combine=self.combine if change is not None else "flow")
+        regions = R.find_regions(R.clean_mask(mask, close=self.close_size, open_=self.open_size), min_area=self.min_area)
+        self.dropped += regions.dropped
+        geometry = R.box_geometry(regions)  # (N, 4): h, w, cx, cy
+        feats: dict[str, np.ndarray] = {}
+        if "velocity" in self.attributes:
+            v = R.velocity_histograms(flow, regions, bins=self.velocity_bins)
+            feats["velocity"] = v / np.maximum(geometry[:, :1], 1.0) if self.perspective else v
+        if "size" in self.attributes:
+            feats["size"] = geometry[:, :2]
+        if "position" in self.attributes:
+            feats["position"] = geometry[:, 2:]
+        if "appearance" in self.attributes:
+            feats["appearance"] = R.hog_descriptors(to_grey_uint8(frame), regions.boxes, size=self.appearance_size)
+        return regions, feats
+
+    # --- densities -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _name(parts: tuple[str, ...]) -> str:
+        return "+".join(parts)
+
+    def _features(self, parts: tuple[str, ...], feats: dict[str, np.ndarray]) -> np.ndarray:
+        """The features of one density ``(N, D)``: its attributes side by side."""
+        if parts == ("appearance",):
+            return feats["appearance"]
+        return np.concatenate([feats[a] for a in parts], axis=1).astype(np.float64)
+
+    def _raw(self, parts: tuple[str, ...], x: np.ndarray) -> np.ndarray:
+        """Raw score under one density (negative log-likelihood, or kNN distance for appearance), ``(N,)``."""
+        if parts == ("appearance",):
+            return D.knn_distance(x, self.appearance_bank.numpy(), k=self.knn_k)
+        key = "_".join(parts)
+        params = D.GaussianMixtureParams(*(getattr(self, f"{key}_{p}").numpy() for p in ("weights", "means", "covariances")))
+        return D.gmm_nll(x, params)
+
+    def _score(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+        """Calibrated scores ``(N, A)`` of N regions under the A densities: ``(raw - low) / (high - low)``, clipped
+        at 0 (as normal as the most normal training region). Their sum is a region's score (AI-VAD Eq. 4)."""
+        cal = self.calibration.numpy()
+        cols = [(self._raw(d, self._features(d, feats)) - cal[k, 0]) / (cal[k, 1] - cal[k, 0])
+                for k, d in enumerate(self.densities)]
+        return np.maximum(np.stack(cols, axis=1), 0.0)
+
+    def explain(self, batch: Batch) -> list[list[dict[str, Any]]]:
+        """Per frame of the batch (clip-major), every region's box and calibrated score under each density: why a
+        frame scored as it did (AI-VAD's interpretability)."""
+        out = []
+        names = [self._name(d) for d in self.densities]
+        for _, _, regions, feats in self._frames(batch):
+            if regions is None or len(regions) == 0:
+                out.append([])
+                continue
+            scores = self._score(feats)
+            out.append([{"box": regions.boxes[n].tolist(), **dict(zip(names, map(float, scores[n])))}
+                        for n in range(len(regions))])
+        return out
+
+    def fit(self, batches: Iterable[Batch]) -> None:
+        """Fit every density on the regions of normal clips, calibrate it leave-one-video-out, and set the floor
+        (one pass; each frame once even when windows overlap)."""
+        feats: dict[str, list[np.ndarray]] = defaultdict(list)
+        groups: list[str] = []
+        frame_of: list[int] = []  # which fitted frame each region belongs to
+        n_frames, seen = 0, set()
+        self.dropped = 0
+        for batch in batches:
+            for i, _, regions, f in self._frames(batch, dedupe=seen):
+                if regions is None:
+                    continue
+                for a in self.attributes:
+                    feats[a].append(f[a])
+                groups += [batch.video[i] if batch.video else ""] * len(regions)
+                frame_of += [n_frames] * len(regions)
+                n_frames += 1
+        n = len(groups)
+        if n < 2 * self.components:
+            raise ValueError(f"motion_density found {n} moving regions in {n_frames} normal frames: too few to fit "
+                             f"densities (lower flow_threshold/change_threshold/min_area, or give more footage)")
+        stacked = {a: np.concatenate(feats[a]) for a in self.attributes}
+        g = np.unique(np.asarray(groups), return_inverse=True)[1]
+        if g.max() == 0:  # one video: contiguous blocks, so a region never meets its own neighbouring frames
+            g = D.contiguous_groups(n_frames, self.folds)[np.asarray(frame_of)]
+        rng = np.random.default_rng(self.seed)
+        calibration, total = [], np.zeros(n)
+        for parts in self.densities:
+            x = self._features(parts, stacked)
+            if parts == ("appearance",):
+                keep = np.sort(rng.choice(n, self.bank_size, replace=False)) if n > self.bank_size else np.arange(n)
+                scores = D.knn_distance(x, x[keep], k=self.knn_k, exclude=g, bank_groups=g[keep])
+                scores = np.where(np.isfinite(scores), scores, np.nan)  # a group holding the whole bank
+                self.appearance_bank = torch.from_numpy(np.ascontiguousarray(x[keep], dtype=np.float32))
+            else:
+                def fit(v: np.ndarray) -> D.GaussianMixtureParams:
+                    return D.fit_gmm(v, components=self.components, seed=self.seed)
+
+                scores = D.leave_one_group_out(x, g, fit, D.gmm_nll)
+                params = fit(x)
+                for p in ("weights", "means", "covariances"):
+                    setattr(self, f"{'_'.join(parts)}_{p}", torch.from_numpy(np.ascontiguousarray(getattr(params, p))))
+            lo, hi = D.calibration_range(scores, q=self.calibration_percentile)
+            calibration.append((lo, hi))
+            total += np.nan_to_num(np.maximum((scores - lo) / (hi - lo), 0.0))
+        self.calibration = torch.tensor(calibration, dtype=torch.float64)
+        per_frame = np.full(n_frames, -np.inf)
+        np.maximum.at(per_frame, np.asarray(frame_of), total)
+        self.floor = torch.tensor(float(per_frame[np.isfinite(per_frame)].min()), dtype=torch.float64)
+        self.fit_counts = torch.tensor([n_frames, n, self.dropped], dtype=torch.int64)
