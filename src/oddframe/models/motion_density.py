@@ -9,8 +9,10 @@ on Ped2 (their Table 3). This model keeps that recipe without a pretrained detec
 
 - **objects**: moving regions of OpenCV DIS flow and the frame difference (:mod:`oddframe.features.regions`);
 - **attributes** (each switchable): ``velocity`` (orientation histogram of mean L1 flow magnitude, ``B`` bins;
-  optionally divided by the box height for perspective), ``size`` (box height and width), ``position`` (box
-  centre) and ``appearance`` (HOG of the crop, in place of CLIP features);
+  optionally rescaled for perspective by the typical object height at the region's image row, a line fitted to
+  the normal regions' boxes: AI-VAD divides ShanghaiTech speeds by the detected person's height, which a
+  fragment of a person would make noisy), ``size`` (box height and width), ``position`` (box centre) and
+  ``appearance`` (HOG of the crop, in place of CLIP features);
 - **densities**: a Gaussian mixture per attribute, or over several attributes jointly (``"velocity+size"``, the
   default: without a detector, fragments of people are small and fast and merged groups big and slow, which
   only a joint density of speed and size tells apart from a fast bicycle), fitted by scikit-learn and kept as
@@ -79,7 +81,9 @@ class MotionDensity(AnomalyModel):
             ``appearance``, joined by ``+`` for one joint Gaussian mixture (``["velocity", "appearance"]`` is
             AI-VAD's velocity and deep-feature pair).
         velocity_bins: orientation bins of the velocity histogram (AI-VAD: 1 on Ped2, 8 on Avenue).
-        perspective: divide velocities by the box height (objects far away move fewer pixels).
+        perspective: rescale velocities by ``h_ref / h(y)``, ``h(y)`` the typical box height at the region's
+            centre row (a line fitted to the normal regions) and ``h_ref`` their median height: objects far away
+            move fewer pixels per frame.
         components: Gaussian mixture components of every mixture (AI-VAD: 2 on Ped2, 5 on Avenue).
         appearance_size: side of the HOG crop (a multiple of 8).
         knn_k: neighbours averaged by the appearance score (AI-VAD: 1).
@@ -105,13 +109,13 @@ class MotionDensity(AnomalyModel):
         change: str = "diff",
         change_threshold: float = 18.0,
         combine: str = "and",
-        close_size: int = 7,
+        close_size: int = 5,
         open_size: int = 3,
         min_area: int = 50,
         camera_motion: bool = False,
         attributes: tuple[str, ...] | list[str] = ("velocity+size", "appearance"),
         velocity_bins: int = 1,
-        perspective: bool = False,
+        perspective: bool = True,
         components: int = 8,
         appearance_size: int = 32,
         knn_k: int = 1,
@@ -150,6 +154,9 @@ class MotionDensity(AnomalyModel):
         self.register_fitted("calibration", torch.zeros(0, dtype=torch.float64))
         #: () score of the least anomalous normal training frame: the map's value off the regions.
         self.register_fitted("floor", torch.zeros((), dtype=torch.float64))
+        #: (3,) perspective: slope and intercept of the typical box height against the box centre row, and the
+        #: median height (velocities are rescaled by median / line(row)); (0,) = no rescaling yet.
+        self.register_fitted("perspective_line", torch.zeros(0, dtype=torch.float64))
         #: (3,) frames, regions and dropped (too small) components seen when fitting.
         self.register_fitted("fit_counts", torch.zeros(3, dtype=torch.int64))
         self.fit_before_epoch = 0
@@ -224,7 +231,8 @@ class MotionDensity(AnomalyModel):
             change: ``(H, W)`` frame difference (grey levels) or foreground (0/1), or None.
 
         Returns:
-            The regions and ``{attribute: (N, D_a)}``.
+            The regions and ``{attribute: (N, D_a)}``, with ``"geometry"`` ``(N, 4)`` (box height, width,
+            centre x, centre y) besides the attributes.
         """
         if self.camera_motion:
             flow = flow - np.median(flow.reshape(2, -1), axis=1)[:, None, None]
@@ -234,10 +242,10 @@ class MotionDensity(AnomalyModel):
         regions = R.find_regions(R.clean_mask(mask, close=self.close_size, open_=self.open_size), min_area=self.min_area)
         self.dropped += regions.dropped
         geometry = R.box_geometry(regions)  # (N, 4): h, w, cx, cy
-        feats: dict[str, np.ndarray] = {}
+        feats: dict[str, np.ndarray] = {"geometry": geometry}
         if "velocity" in self.attributes:
             v = R.velocity_histograms(flow, regions, bins=self.velocity_bins)
-            feats["velocity"] = v / np.maximum(geometry[:, :1], 1.0) if self.perspective else v
+            feats["velocity"] = v * self._depth_scale(geometry[:, 3])[:, None] if self.perspective else v
         if "size" in self.attributes:
             feats["size"] = geometry[:, :2]
         if "position" in self.attributes:
@@ -245,6 +253,14 @@ class MotionDensity(AnomalyModel):
         if "appearance" in self.attributes:
             feats["appearance"] = R.hog_descriptors(to_grey_uint8(frame), regions.boxes, size=self.appearance_size)
         return regions, feats
+
+    def _depth_scale(self, rows: np.ndarray) -> np.ndarray:
+        """``(N,)`` factor making velocities at image rows ``rows`` comparable to those at the median depth."""
+        if self.perspective_line.numel() == 0:
+            return np.ones(len(rows))
+        slope, intercept, ref = self.perspective_line.tolist()
+        # Floor the expected height at a fifth of the median: beyond the fitted range a line can reach zero.
+        return ref / np.maximum(slope * rows + intercept, 0.2 * ref)
 
     # --- densities -----------------------------------------------------------------------------------------
 
@@ -296,11 +312,12 @@ class MotionDensity(AnomalyModel):
         frame_of: list[int] = []  # which fitted frame each region belongs to
         n_frames, seen = 0, set()
         self.dropped = 0
+        self.perspective_line = torch.zeros(0, dtype=torch.float64)  # velocities are gathered unscaled
         for batch in batches:
             for i, _, regions, f in self._frames(batch, dedupe=seen):
                 if regions is None:
                     continue
-                for a in self.attributes:
+                for a in ("geometry", *self.attributes):
                     feats[a].append(f[a])
                 groups += [batch.video[i] if batch.video else ""] * len(regions)
                 frame_of += [n_frames] * len(regions)
@@ -309,7 +326,12 @@ class MotionDensity(AnomalyModel):
         if n < 2 * self.components:
             raise ValueError(f"motion_density found {n} moving regions in {n_frames} normal frames: too few to fit "
                              f"densities (lower flow_threshold/change_threshold/min_area, or give more footage)")
-        stacked = {a: np.concatenate(feats[a]) for a in self.attributes}
+        stacked = {a: np.concatenate(feats[a]) for a in ("geometry", *self.attributes)}
+        if self.perspective and "velocity" in self.attributes:
+            height, row = stacked["geometry"][:, 0], stacked["geometry"][:, 3]
+            slope, intercept = np.polyfit(row, height, 1) if np.ptp(row) > 0 else (0.0, float(np.median(height)))
+            self.perspective_line = torch.tensor([slope, intercept, float(np.median(height))], dtype=torch.float64)
+            stacked["velocity"] = stacked["velocity"] * self._depth_scale(row)[:, None]
         g = np.unique(np.asarray(groups), return_inverse=True)[1]
         if g.max() == 0:  # one video: contiguous blocks, so a region never meets its own neighbouring frames
             g = D.contiguous_groups(n_frames, self.folds)[np.asarray(frame_of)]
