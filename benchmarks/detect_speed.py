@@ -44,10 +44,13 @@ def main() -> None:
     wall = time.perf_counter() - t0
     t = detector.timing.as_dict()
     table = Table(title=f"detection speed: {config.model.name} on {args.input}")
-    for col in ("frames", "wall s", "fps (wall)", "decode s", "model s", "scoring s", "clip", "size", "stride"):
+    derived = list(detector.timing.extra)  # derived inputs (flow, ...), computed in the stream
+    for col in ("frames", "wall s", "fps (wall)", "decode s", *(f"{k} s" for k in derived), "model s", "scoring s",
+                "clip", "size", "stride"):
         table.add_column(col, justify="right")
     table.add_row(
-        str(n), f"{wall:.1f}", f"{n / wall:.1f}", f"{t['decode_s']:.1f}", f"{t['model_s']:.1f}", f"{t['scoring_s']:.1f}",
+        str(n), f"{wall:.1f}", f"{n / wall:.1f}", f"{t['decode_s']:.1f}", *(f"{t[k + '_s']:.1f}" for k in derived),
+        f"{t['model_s']:.1f}", f"{t['scoring_s']:.1f}",
         str(config.data.clip_length), "x".join(map(str, config.data.size)), str(config.score.stride or config.data.clip_length),
     )
     Console(width=150).print(table)

@@ -13,6 +13,7 @@ per frame and attaches it to the frame (``TransformedFrame.features``); windows 
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
@@ -51,7 +52,10 @@ def make_extractors(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Feature
 
 
 def with_features(
-    frames: Iterable[TransformedFrame], specs: Mapping[str, Mapping[str, Any]]
+    frames: Iterable[TransformedFrame],
+    specs: Mapping[str, Mapping[str, Any]],
+    *,
+    timing: dict[str, float] | None = None,
 ) -> Iterator[TransformedFrame]:
     """Attach every requested derived input to each frame of one video's stream, computing each once per frame.
 
@@ -59,6 +63,7 @@ def with_features(
         frames: the transformed frames of ONE video, in order (extractors such as optical flow keep the previous
             frame, so a new video needs a new call).
         specs: ``{name: params}``, e.g. ``{"flow": {"method": "dis", "preset": "medium"}}``; empty = pass through.
+        timing: if given, seconds spent on each derived input are added to ``timing[name]``.
     """
     if not specs:
         yield from frames
@@ -66,5 +71,8 @@ def with_features(
     extractors = make_extractors(specs)
     for frame in frames:
         for name, extract in extractors.items():
+            t0 = time.perf_counter()
             frame.features[name] = extract(frame)
+            if timing is not None:
+                timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
         yield frame

@@ -67,7 +67,7 @@ def gmm_nll(x: np.ndarray, params: GaussianMixtureParams) -> np.ndarray:
 
 
 def knn_distance(x: np.ndarray, bank: np.ndarray, *, k: int = 1, exclude: np.ndarray | None = None,
-                 bank_groups: np.ndarray | None = None) -> np.ndarray:
+                 bank_groups: np.ndarray | None = None, bank_sq: np.ndarray | None = None) -> np.ndarray:
     """Mean Euclidean distance from each sample ``(N, D)`` to its ``k`` nearest rows of ``bank`` ``(M, D)``.
 
     Args:
@@ -77,6 +77,7 @@ def knn_distance(x: np.ndarray, bank: np.ndarray, *, k: int = 1, exclude: np.nda
         exclude: ``(N,)`` group of each query; with ``bank_groups`` ``(M,)``, bank rows of the query's own group
             are ignored (leave-one-group-out scores of training samples).
         bank_groups: group of each bank row.
+        bank_sq: ``(M,)`` squared norms of the bank rows, when the caller keeps them (computed otherwise).
     """
     x = np.asarray(x, dtype=np.float32)
     bank = np.asarray(bank, dtype=np.float32)
@@ -85,7 +86,7 @@ def knn_distance(x: np.ndarray, bank: np.ndarray, *, k: int = 1, exclude: np.nda
     if len(bank) < k:
         raise ValueError(f"kNN needs at least k={k} bank samples, have {len(bank)}")
     out = np.empty(len(x))
-    b2 = (bank * bank).sum(axis=1)
+    b2 = (bank * bank).sum(axis=1) if bank_sq is None else bank_sq
     for s in range(0, len(x), 1024):  # bounded memory: 1024 x M distances at a time
         q = x[s:s + 1024]
         d2 = (q * q).sum(axis=1)[:, None] + b2[None] - 2.0 * (q @ bank.T)

@@ -185,14 +185,15 @@ class MotionDensity(AnomalyModel):
         if not self.is_fitted:
             raise RuntimeError("motion_density is not fitted: train it with `oddframe train` (one pass, no gradient)")
         b, _, t, h, w = batch.frames.shape
-        out = np.empty((b, t, h, w), np.float32)
         floor = float(self.floor)
-        for i, j, regions, feats in self._frames(batch):
-            if regions is None or len(regions) == 0:
-                out[i, j] = floor
-                continue
-            score = self._score(feats).sum(axis=1)
-            out[i, j] = R.paint(regions, np.maximum(score, floor), background=floor)
+        out = np.full((b, t, h, w), floor, np.float32)
+        found = [(i, j, regions, feats) for i, j, regions, feats in self._frames(batch) if regions]
+        if found:  # every region of the batch scored at once (one kNN search)
+            keys = found[0][3].keys()
+            scores = self._score({k: np.concatenate([f[k] for *_, f in found]) for k in keys}).sum(axis=1)
+            ends = np.cumsum([len(r) for _, _, r, _ in found])
+            for (i, j, regions, _), part in zip(found, np.split(scores, ends[:-1])):
+                out[i, j] = R.paint(regions, np.maximum(part, floor), background=floor)
         return torch.from_numpy(out).to(batch.frames.device)
 
     # --- regions and attributes ----------------------------------------------------------------------------
@@ -277,7 +278,11 @@ class MotionDensity(AnomalyModel):
     def _raw(self, parts: tuple[str, ...], x: np.ndarray) -> np.ndarray:
         """Raw score under one density (negative log-likelihood, or kNN distance for appearance), ``(N,)``."""
         if parts == ("appearance",):
-            return D.knn_distance(x, self.appearance_bank.numpy(), k=self.knn_k)
+            bank = self.appearance_bank.numpy()
+            key = (self.appearance_bank.data_ptr(), bank.shape)
+            if getattr(self, "_bank_key", None) != key:  # squared norms of the bank, once per fitted/loaded bank
+                self._bank_key, self._bank_sq = key, (bank * bank).sum(axis=1)
+            return D.knn_distance(x, bank, k=self.knn_k, bank_sq=self._bank_sq)
         key = "_".join(parts)
         params = D.GaussianMixtureParams(*(getattr(self, f"{key}_{p}").numpy() for p in ("weights", "means", "covariances")))
         return D.gmm_nll(x, params)
