@@ -77,3 +77,14 @@ def test_the_rule_sees_a_violation(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from oddframe.pipeline.detect import detect\n")
     assert "pipeline.detect" in _imports(bad)
+
+
+def test_bench_uses_only_the_public_task_functions() -> None:
+    """bench orchestrates the other tasks through what they return: no private helper of a sibling, and no sibling
+    imports bench."""
+    tree = ast.parse((SRC / "pipeline" / "bench.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in {f"oddframe.pipeline.{t}" for t in PIPELINE_TASKS}:
+            assert all(not a.name.startswith("_") for a in node.names), f"bench imports a private name of {node.module}"
+    for task in PIPELINE_TASKS:
+        assert "pipeline.bench" not in _imports(SRC / "pipeline" / f"{task}.py")

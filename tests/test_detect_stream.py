@@ -59,16 +59,26 @@ def test_aggregation_max_and_mean_over_overlapping_windows():
         assert float(results[2].amap.mean()) == pytest.approx(expected)
 
 
-def test_memory_is_bounded_by_the_batch_not_the_video():
-    model = FrameValueModel(clip_length=4)
-    det = Detector(model, clip_length=4, stride=4, batch_size=2, device="cpu")
-    seen = 0
-    gen = det.run(_stream(1000), "v")
-    for r in gen:
-        seen += 1
-    assert seen == 1000
-    # 1000 frames / (2 windows of 4 frames per call) -> 125 forward passes, each on at most 2 windows.
-    assert len(model.calls) == 125 and all(len(c) <= 2 for c in model.calls)
+@pytest.mark.parametrize("length,stride,batch", [(4, 4, 2), (4, 1, 3), (8, 4, 1)])
+def test_memory_is_bounded_by_the_batch_not_the_video(length, stride, batch):
+    """Frames pulled from the source minus frames yielded stays below one batch of windows at every moment."""
+    model = FrameValueModel(clip_length=length)
+    det = Detector(model, clip_length=length, stride=stride, batch_size=batch, device="cpu")
+    pulled = {"n": 0}
+
+    def counted(n):
+        for f in _stream(n):
+            pulled["n"] += 1
+            yield f
+
+    bound = length + stride * batch  # the frames one batch of windows spans
+    in_flight, yielded = [], 0
+    for _ in det.run(counted(1000), "v"):
+        yielded += 1
+        in_flight.append(pulled["n"] - yielded)
+    assert yielded == 1000
+    assert max(in_flight) <= bound, (max(in_flight), bound)
+    assert all(len(c) <= batch for c in model.calls)
 
 
 def test_stride_longer_than_clip_is_rejected():

@@ -17,6 +17,7 @@ from oddframe.metrics import (
     eer,
     frame_ap,
     frame_auroc_macro,
+    frame_auroc_macro_padded,
     frame_auroc_micro,
     pixel_level_frame_auroc,
     pixel_level_frame_scores,
@@ -46,6 +47,34 @@ def test_micro_pools_frames_and_macro_averages_videos() -> None:
     assert frame_auroc_micro(labels, scores) == pytest.approx(pooled)
     assert frame_auroc_micro(labels, scores) != pytest.approx(macro)
     assert math.isnan(frame_auroc_macro([np.zeros(3)], [np.arange(3.0)])[0])
+
+
+def test_macro_both_ways_by_hand() -> None:
+    labels = [np.array([0, 1]), np.array([0, 0, 1, 1]), np.array([0, 0, 0]), np.array([1, 1])]
+    scores = [np.array([0.9, 1.0]), np.array([0.1, 0.5, 0.5, 0.2]), np.array([0.0, 0.3, 0.2]), np.array([0.2, 0.4])]
+    # Ours: videos 2 (all normal) and 3 (all anomalous) have no AUROC and are left out: (1 + 0.625) / 2.
+    assert frame_auroc_macro(labels, scores) == (pytest.approx(0.8125), 2)
+    # The literature's: a normal dummy at the video's minimum and an anomalous one at its maximum, every video.
+    # video 0: normal {0.9, 0.9} < anomalous {1.0, 1.0}: 1
+    # video 1: normal {0.1, 0.1, 0.5}, anomalous {0.5, 0.2, 0.5}: 0.5 -> 1 + 1 + 0.5 (twice), 0.2 -> 1 + 1 + 0: 7 / 9
+    # video 2: normal {0, 0, 0.3, 0.2}, anomalous {0.3}: (1 + 1 + 0.5 + 1) / 4
+    # video 3: normal {0.2}, anomalous {0.2, 0.4, 0.4}: (0.5 + 1 + 1) / 3
+    expected = (1 + 7 / 9 + 3.5 / 4 + 2.5 / 3) / 4
+    assert frame_auroc_macro_padded(labels, scores) == (pytest.approx(expected), 4)
+
+
+def test_padded_macro_equals_the_reference_on_minmax_scores() -> None:
+    """UBnormal's compute_auc_score.py: pad [0] + gt + [1] and [0] + scores + [1] on min-max normalised scores."""
+    rng = np.random.default_rng(3)
+    labels = [rng.integers(0, 2, n) for n in (5, 9, 14)] + [np.zeros(6, int)]
+    scores = [rng.normal(size=len(y)) * 7 + 3 for y in labels]
+    reference = []
+    for y, s in zip(labels, scores):
+        s01 = (s - s.min()) / (s.max() - s.min())
+        reference.append(roc_auc_score(np.concatenate([[0], y, [1]]), np.concatenate([[0], s01, [1]])))
+    assert frame_auroc_macro_padded(labels, scores) == (pytest.approx(np.mean(reference)), 4)
+    # ... and a per-video monotone rescaling changes nothing.
+    assert frame_auroc_macro_padded(labels, [np.exp(s) * 5 for s in scores])[0] == pytest.approx(np.mean(reference))
 
 
 def test_single_class_gives_nan() -> None:
@@ -161,8 +190,61 @@ def test_summarise_is_json_able() -> None:
     assert out["n_test_frames"] == 7 and out["n_anomalous_frames"] == 2 and out["n_videos_macro"] == 1
     assert out["frame_auroc_macro"] == pytest.approx(0.75)
     assert set(out) == {
-        "frame_auroc_micro", "frame_auroc_macro", "n_videos_macro", "frame_ap", "eer", "n_test_frames",
+        "frame_auroc_micro", "frame_auroc_macro", "n_videos_macro", "n_videos_macro_left_out",
+        "frame_auroc_macro_padded", "n_videos_macro_padded", "frame_ap", "eer", "n_test_frames",
         "n_anomalous_frames",
     }
+    # The all-normal video is left out of ours (1 left out) but counts, padded, in the literature's.
+    assert out["n_videos_macro_left_out"] == 1 and out["n_videos_macro_padded"] == 2
+    # LABELS/SCORES padded: normal {0.1, 0.1, 0.4} vs anomalous {0.35, 0.8, 0.8}: (2 + 3 + 3) / 9; zeros: 0.5
+    assert out["frame_auroc_macro_padded"] == pytest.approx((8 / 9 + 0.5) / 2)
     empty = summarise([np.zeros(3)], [np.zeros(3)])
     assert empty["frame_auroc_micro"] is None and empty["eer"] is None and empty["frame_auroc_macro"] is None
+
+
+# ------------------------------------------- hand cases for mutants that survived mutmut (docs/TESTING.md)
+def test_macro_auroc_without_any_two_class_video_counts_zero_videos() -> None:
+    auc, n = frame_auroc_macro([np.zeros(3), np.ones(2)], [np.arange(3.0), np.arange(2.0)])
+    assert math.isnan(auc) and n == 0
+
+
+def test_eer_crossing_on_the_first_segment_and_exactly_at_a_point() -> None:
+    # One tie over everything: the ROC is the single segment (0, 0) -> (1, 1); EER is interpolated at 0.5.
+    assert eer(np.array([0, 0, 1, 1]), np.array([0.3, 0.3, 0.3, 0.3])) == pytest.approx(0.5)
+    # Scores 1 > 0.9 (normal) > 0.5 (anomalous) > 0.1: the crossing lies exactly on the ROC point (0.5, 0.5).
+    assert eer(np.array([1, 0, 1, 0]), np.array([1.0, 0.9, 0.5, 0.1])) == pytest.approx(0.5)
+
+
+def test_pixel_auroc_bit_range_edges() -> None:
+    PixelAUROC(bits=12), PixelAUROC(bits=24)  # both ends allowed
+    for bad in (11, 25):
+        with pytest.raises(ValueError, match="bits"):
+            PixelAUROC(bits=bad)
+    acc = PixelAUROC()
+    acc.update(np.array([[[0.2, 0.9]]]), np.array([[[False, True]]]))
+    assert acc.compute() == 1.0
+    one = PixelAUROC()
+    one.update(np.array([[[0.2]]]), np.array([[[True]]]))  # one anomalous pixel and no normal one
+    assert math.isnan(one.compute())
+    one.update(np.array([[[0.1]]]), np.array([[[False]]]))  # one of each: defined
+    assert one.compute() == 1.0
+    acc.reset()
+    acc.update(np.array([[[0.5, 0.4]]]), np.array([[[False, True]]]))
+    assert acc.compute() == 0.0, "reset forgets every earlier pixel of both classes"
+
+
+def test_pixel_level_frames_without_valid_pixels_rank_lowest() -> None:
+    maps = np.array([[[0.3, 0.2]], [[0.9, 0.1]], [[5.0, 5.0]]])
+    masks = np.array([[[False, False]], [[True, False]], [[False, False]]])
+    valid = np.array([[[True, True]], [[True, True]], [[False, False]]])
+    scores, labels = pixel_level_frame_scores(maps, masks, valid)
+    assert scores[2] == -np.inf and not labels[2]  # the 5.0 is not a real pixel
+    np.testing.assert_allclose(scores[:2], [0.3, 0.9])
+    with pytest.raises(ValueError, match="coverage"):
+        pixel_level_frame_scores(maps, masks, coverage=0.0)
+    with pytest.raises(ValueError, match="coverage"):
+        pixel_level_frame_scores(maps, masks, coverage=1.5)
+    with pytest.raises(ValueError, match=r"\(T, H, W\)"):
+        pixel_level_frame_scores(maps, masks, valid[:2])
+    one_pixel = pixel_level_frame_scores(np.array([[[0.7, 0.2]]]), np.array([[[True, True]]]), coverage=0.1)[0]
+    assert one_pixel[0] == 0.7, "a small coverage needs one detected pixel: the largest value"

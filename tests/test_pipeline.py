@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from oddframe import api, runs
 from oddframe.data.synthetic import write_synthetic_dataset
@@ -55,10 +56,13 @@ def test_run_folder_is_self_describing(run):
         assert f.metadata()["model"] == "conv3d_ae" and "oddframe_version" in f.metadata()
 
 
-def test_resume_continues_where_it_stopped(data, tmp_path):
-    out = tmp_path / "run"
-    config = api.load_config(None, TINY + [f"data.path={data}", "train.epochs=3"])
+def _weights(run) -> dict:
+    from safetensors.torch import load_file
 
+    return load_file(str(run / "model.safetensors"))
+
+
+def _interrupted_then_resumed(config, out):
     def stop_after_first(epoch, loss):
         if epoch == 1:
             raise KeyboardInterrupt  # a user pressing Ctrl-C (or a killed job) after the first checkpoint
@@ -66,17 +70,44 @@ def test_resume_continues_where_it_stopped(data, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         api.train(config, out, progress=False, on_epoch_end=stop_after_first)
     assert [h["epoch"] for h in runs.read_history(out)] == [1]
-    weights_after_1 = (out / "model.safetensors").read_bytes()
-    steps_1 = runs.read_history(out)[0]["step"]
+    return api.train(config, out, resume=True, progress=False)
 
-    result = api.train(config, out, resume=True, progress=False)
-    history = runs.read_history(out)
+
+RESUME = TINY + ["train.epochs=3", "train.augment.hflip=0.5", "train.augment.brightness=0.2"]
+
+
+def test_interrupted_then_resumed_training_equals_uninterrupted_training(data, tmp_path):
+    config = api.load_config(None, RESUME + [f"data.path={data}"])
+    straight = api.train(config, tmp_path / "straight", progress=False)
+    resumed = _interrupted_then_resumed(config, tmp_path / "resumed")
+    history = runs.read_history(tmp_path / "resumed")
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    steps_1 = history[0]["step"]
     assert history[1]["step"] == 2 * steps_1 and history[2]["step"] == 3 * steps_1  # steps continue, not restart
-    assert (out / "model.safetensors").read_bytes() != weights_after_1
-    assert result.epochs == 3
-    state = runs.load_state(out / "state.pt")
-    assert state["epoch"] == 3
+    assert resumed.epochs == 3 and runs.load_state(tmp_path / "resumed" / "state.pt")["epoch"] == 3
+    # Same weights (so same data order, augmentations and optimiser state from epoch 2 on), same losses.
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["loss"] for h in history] == [h["loss"] for h in runs.read_history(tmp_path / "straight")]
+    assert resumed.final_loss == straight.final_loss
+
+
+def test_resume_starts_from_the_saved_weights(data, tmp_path, monkeypatch):
+    """Planted defect: a resume that does not load the checkpoint's weights ends elsewhere than the straight run."""
+    config = api.load_config(None, RESUME + [f"data.path={data}"])
+    api.train(config, tmp_path / "straight", progress=False)
+    monkeypatch.setattr(runs, "load_weights", lambda model, path: None)
+    _interrupted_then_resumed(config, tmp_path / "broken")
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "broken")
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_each_epoch_sees_a_different_order(data, tmp_path):
+    from oddframe.pipeline.train import epoch_seed
+
+    orders = {tuple(torch.randperm(20, generator=torch.Generator().manual_seed(epoch_seed(0, e))).tolist())
+              for e in range(3)}
+    assert len(orders) == 3
 
 
 def test_training_into_an_existing_run_needs_resume(run, data):
@@ -132,3 +163,26 @@ def test_inference_overrides_reach_the_model_and_architecture_changes_are_refuse
     assert config.score.rule == "l1"
     with pytest.raises(CheckpointError, match="do not fit"):
         api.load_run(run, overrides=["model.params.width=0.25"])
+
+
+class _Trap:
+    """Unpickling this object would create a file: the proof that a loader unpickled user data."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_refuses_a_booby_trapped_state_file(run, tmp_path):
+    trapped = tmp_path / "trapped"
+    trapped.mkdir()
+    for name in ("config.yaml", "model.safetensors", "history.csv"):
+        (trapped / name).write_bytes((run / name).read_bytes())
+    marker = tmp_path / "pwned"
+    torch.save({"epoch": 1, "step": 1, "optimizer": _Trap(str(marker))}, trapped / "state.pt")
+    config = api.load_config(trapped / "config.yaml")
+    with pytest.raises(CheckpointError, match="state.pt"):
+        api.train(config, trapped, resume=True, progress=False)
+    assert not marker.exists(), "the state file was unpickled"

@@ -68,3 +68,22 @@ def test_plot_roc(tmp_path):
         plot_roc(np.zeros(10), np.arange(10), tmp_path / "x.png")
     with pytest.raises(ValueError, match="0 \\(normal\\) or 1"):
         plot_roc(np.r_[np.zeros(5), np.full(5, -1)], np.arange(10), tmp_path / "x.png")
+
+
+def test_region_curve_and_bench_plots(tmp_path):
+    from oddframe.render.plots import plot_region_curve, plot_roc_models, plot_scores_grid
+
+    path = plot_region_curve([0.0, 0.2, 0.9, 3.0], [0.0, 0.5, 0.4, 0.9], [0.0, 1.0, 1.0, 1.0], tmp_path / "r.png",
+                             rbdc=0.41, tbdc=0.95)
+    assert path.stat().st_size > 5000
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(30), np.ones(10)]
+    roc = plot_roc_models({"a": (y, y + rng.normal(0, 0.5, 40)), "one class": (np.zeros(5), np.arange(5.0))},
+                          tmp_path / "roc.png")
+    assert roc.stat().st_size > 5000
+    frames = np.arange(40)
+    grid = plot_scores_grid(["01", "02"], {"a": {"01": (frames, y, y), "02": (frames, 1 - y, None)}, "b": {"01": (frames, y, y)}},
+                            tmp_path / "g.png")
+    assert grid.stat().st_size > 5000
+    with pytest.raises(ValueError, match="at least one video"):
+        plot_scores_grid([], {"a": {}}, tmp_path / "x.png")

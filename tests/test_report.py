@@ -150,8 +150,9 @@ def test_report_without_labels_or_pieces(tmp_path):
     assert (folder / "scores.png").is_file() and "roc.png" not in page.links
     empty = tmp_path / "empty"
     empty.mkdir()
-    page = parse(write_report(empty))
-    assert "No metrics.json" in "".join(page.text)
+    with pytest.raises(CheckpointError, match="no evaluation here"):
+        write_report(empty)
+    assert not (empty / "report.html").exists()
 
 
 def test_report_errors_name_the_file(tmp_path):
@@ -191,3 +192,20 @@ def test_report_notes_a_plot_it_cannot_draw(tmp_path):
     assert not (folder / "roc.png").exists()
     assert any("no ROC plot" in t and "non-finite" in t for t in page.text)
     assert (folder / "scores.png").is_file()
+
+
+def test_report_shows_protocol_and_per_scene_tables(tmp_path):
+    folder = make_eval_folder(tmp_path / "eval")
+    metrics = dict(METRICS, rbdc=0.4321, tbdc=0.6543, frame_auroc_macro_padded=0.9321,
+                   protocol={"normalisation": "minmax: per test video", "normalisation_uses_test_statistics": True,
+                             "smoothing_sigma": 3.0},
+                   per_scene={"01": {"n_videos": 2, "n_test_frames": 40, "frame_auroc_micro": 0.777},
+                              "02": {"n_videos": 1, "n_test_frames": 20, "frame_auroc_micro": None}})
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    page = parse(write_report(folder))
+    ids = {a.get("id") for t, a in page.tags if t == "table"}
+    assert {"metrics", "protocol", "per-scene"} <= ids
+    assert "0.4321" in page.cells and "0.6543" in page.cells and "0.9321" in page.cells
+    assert not any("per_scene" in c or "minmax" in c for c in page.cells)  # not rows of the metrics table
+    text = " ".join(page.text)
+    assert "RBDC" in text and "macro padded" in text and "minmax: per test video" in text and "0.7770" in text

@@ -35,11 +35,19 @@ def test_mse_l1_max_match_hand_computation(errors: np.ndarray) -> None:
     np.testing.assert_allclose(frame_scores(maps, rule="max"), (errors**2).max(axis=(1, 2)))
 
 
-@pytest.mark.parametrize("rule", [r for r in RULES if r != "blob"])
+@pytest.mark.parametrize("rule", [r for r in RULES if r not in ("blob", "ssim")])
 def test_map_power_one_and_two_give_the_same_scores(errors: np.ndarray, rule: str) -> None:
     squared = frame_scores(errors**2, rule=rule, map_power=2)
     absolute = frame_scores(np.abs(errors), rule=rule, map_power=1)
     np.testing.assert_allclose(squared, absolute, rtol=1e-10)
+
+
+def test_ssim_rule_is_the_mean_dissimilarity_whatever_the_map_power() -> None:
+    """``ssim`` maps are ``1 - SSIM`` (tests/test_ssim.py), not ``|e| ** p``: the score is their mean over valid pixels."""
+    maps = np.array([[[0.2, 0.4], [0.6, 1.8]]])
+    valid = np.array([[[True, True], [True, False]]])
+    for power in (1, 2):
+        np.testing.assert_allclose(frame_scores(maps, valid, rule="ssim", map_power=power), [0.4])
 
 
 def test_psnr_is_negative_psnr_with_max_two() -> None:
@@ -220,3 +228,59 @@ def test_map_accumulator_mean() -> None:
         MapAccumulator(how="sum")
     with pytest.raises(ValueError, match="size changed"):
         acc.add(np.array([5]), np.zeros((1, 2, 2)))
+
+
+# ------------------------------------------- hand cases for mutants that survived mutmut (docs/TESTING.md)
+def test_calibrated_normalisation_divides_by_the_reference_std() -> None:
+    # reference mean 2, population std 2: z = (s - 2) / 2 (a reference with std 1 cannot tell * from /).
+    s = np.array([1.0, 3.0, 6.0])
+    np.testing.assert_allclose(normalise_scores(s, "calibrated", reference=np.array([0.0, 4.0])), [-0.5, 0.5, 2.0])
+    ref = np.array([0.0, 4.0, np.nan])  # NaN reference scores are left out
+    np.testing.assert_allclose(normalise_scores(s, "calibrated", reference=ref), [-0.5, 0.5, 2.0])
+    with pytest.raises(ValueError, match="std is 0"):
+        normalise_scores(s, "calibrated", reference=np.array([2.0, 2.0]))
+
+
+def test_minmax_is_per_video_along_time() -> None:
+    s = np.array([[1.0, 2.0, 3.0], [10.0, 30.0, 20.0]])
+    np.testing.assert_allclose(normalise_scores(s, "minmax"), [[0.0, 0.5, 1.0], [0.0, 1.0, 0.5]])
+    np.testing.assert_allclose(normalise_scores(np.array([0.2, 0.7]), "minmax"), [0.0, 1.0])  # a span below 1
+    np.testing.assert_allclose(abnormality_score(np.array([0.0, 0.5])), [0.0, 1.0])  # a max below 1
+
+
+def test_blob_area_log_area_weighting_by_hand() -> None:
+    a = [(y, x) for y in range(2, 8) for x in range(2, 8)]  # 36 pixels, |e| = 0.5
+    b = [(y, x) for y in range(20, 25) for x in range(20, 25)]  # 25 pixels, |e| = 1.0
+    maps = ((_frame_with(a, 0.5) + _frame_with(b, 1.0)) ** 2)[None]
+    wa, wb = 36 * math.log(36), 25 * math.log(25)
+    expected = (36 * wa * 0.25 + 25 * wb * 1.0) / (36 * wa + 25 * wb)
+    got = frame_scores(maps, rule="blob", threshold=0.1, weighting="area_log_area")[0]
+    assert got == pytest.approx(expected)
+    # The adaptive threshold: mean + 2 std of |e| over the frame keeps both blobs here; n_std = 3 as well.
+    assert frame_scores(maps, rule="blob")[0] == pytest.approx((36 * 36 * 0.25 + 25 * 25) / (36 * 36 + 25 * 25))
+    # A pixel exactly at the threshold is not active (|e| > threshold).
+    assert frame_scores(maps, rule="blob", threshold=1.0)[0] == 0.0
+    # min_area is inclusive: a blob of exactly min_area pixels counts.
+    assert frame_scores(maps, rule="blob", threshold=0.6, min_area=25)[0] == pytest.approx(1.0)
+
+
+def test_topk_fraction_bounds_and_k_one_is_the_mean() -> None:
+    maps = np.arange(16, dtype=float).reshape(1, 4, 4)
+    assert frame_scores(maps, rule="topk", k=1.0)[0] == pytest.approx(maps.mean())
+    assert frame_scores(maps, rule="topk", k=1 / 16)[0] == pytest.approx(15.0)
+    for bad in (0.0, 1.01):
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            frame_scores(maps, rule="topk", k=bad)
+    # map_power 1 (|e| maps) is squared first, as every rule scores squared error
+    assert frame_scores(np.sqrt(maps), rule="topk", k=1 / 16, map_power=1)[0] == pytest.approx(15.0)
+
+
+def test_smoothing_with_gaps_along_time_of_each_video() -> None:
+    s = np.array([[0.0, 0.0, 10.0, np.nan, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    out = smooth_scores(s, 1.0)
+    np.testing.assert_allclose(out[1], 1.0)  # a constant video stays constant: videos do not mix
+    assert np.isnan(out[0, 3])
+    finite = np.array([1.0, 1.0, 1.0, 0.0, 1.0])
+    num = gaussian_filter1d(np.nan_to_num(s[0]), 1.0, mode="nearest")
+    den = gaussian_filter1d(finite, 1.0, mode="nearest")
+    np.testing.assert_allclose(np.delete(out[0], 3), np.delete(num / den, 3))

@@ -98,3 +98,68 @@ def test_calibrate_end_to_end_and_round_trip() -> None:
         Calibration.from_dict({k: v for k, v in d.items() if k != "threshold"})
     with pytest.raises(TypeError):
         Calibration("percentile", 99.0, 3.0, 1.0, 1, 0, 0.0)  # keyword-only
+
+
+# ------------------------------------------------- edges and defaults (each kills mutants that survived mutmut)
+def test_percentile_edges_and_documented_defaults():
+    s = np.arange(101, dtype=float)
+    assert calibrate_threshold(s, q=0) == 0.0 and calibrate_threshold(s, q=100) == 100.0  # both ends allowed
+    assert calibrate_threshold(s) == 99.0  # default q = 99
+    assert calibrate_threshold(np.array([0.0, 2.0]), method="meanstd") == pytest.approx(1.0 + 3.0)  # k = 3
+    for bad in (-0.01, 100.01):
+        with pytest.raises(ValueError, match=r"\[0, 100\]"):
+            calibrate_threshold(s, q=bad)
+    assert false_positive_rate([1.0, 2.0, 3.0, 4.0], 2.0) == 0.5
+    assert math.isnan(false_positive_rate([math.nan], 1.0))
+    np.testing.assert_array_equal(flag(np.array([[0.5, math.nan], [2.0, 1.0]]), 1.0), [[False, False], [True, False]])
+    assert flag(np.array([1, 3]), 2).dtype == bool
+
+
+def test_scores_keep_their_precision():
+    """Scores differing in the 9th digit are not merged: float64 throughout, never float32."""
+    a, b = 1.0, 1.0 + 1e-9
+    assert calibrate_threshold([a, b], q=100) == b
+    assert false_positive_rate([a, b], a) == 0.5
+    assert flag(np.array([b]), a)[0]
+
+
+def test_block_split_starts_each_video_where_the_previous_ended():
+    """With per-video arrays, block b of video v covers that video's frames only, and all frames are assigned."""
+    videos = [np.full(7, 1.0), np.full(5, 2.0), np.full(6, 3.0)]
+    for seed in range(10):
+        calib, held = split_holdout(videos, holdout_fraction=0.5, seed=seed, block=3)
+        assert calib.size + held.size == 18
+        assert sorted(np.concatenate([calib, held]).tolist()) == sorted(np.concatenate(videos).tolist())
+    # Blocks of sizes 3, 3, 1 | 3, 2 | 3, 3: 7 groups, of which round(3.5) = 4 are held out (9 to 12 frames).
+    sizes = {split_holdout(videos, holdout_fraction=0.5, seed=s, block=3)[1].size for s in range(30)}
+    assert sizes <= {9, 10, 11, 12} and len(sizes) > 1
+
+
+def test_holdout_keeps_at_least_one_group_on_each_side():
+    s = np.arange(10.0)
+    calib, held = split_holdout(s, holdout_fraction=0.01, by="random", seed=0)
+    assert held.size == 1 and calib.size == 9
+    calib, held = split_holdout(s, holdout_fraction=0.99, by="random", seed=0)
+    assert held.size == 9 and calib.size == 1
+    with pytest.raises(ValueError, match="at least 2"):
+        split_holdout(np.arange(1.0), by="random")
+    split_holdout(np.arange(2.0), by="random")  # two frames are enough
+    with pytest.raises(ValueError, match="block"):
+        split_holdout(s, block=0)
+    assert split_holdout(s, block=1, holdout_fraction=0.5)[1].size == 5  # blocks of one frame are allowed
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        split_holdout(s, holdout_fraction=0.0)
+
+
+def test_calibrate_passes_its_split_settings_on():
+    scores = [np.arange(0.0, 60.0), np.arange(100.0, 160.0)]
+    a = calibrate(scores, seed=1, block=10)
+    b = calibrate(scores, seed=2, block=10)
+    assert (a.threshold, a.n_heldout) != (b.threshold, b.n_heldout) or a.heldout_fpr != b.heldout_fpr
+    r = calibrate(np.arange(100.0), by="random", seed=0, holdout_fraction=0.5)
+    k = calibrate(np.arange(100.0), by="block", block=50, seed=0, holdout_fraction=0.5)
+    assert r.n_heldout == 50 and k.n_heldout == 50 and r.threshold != k.threshold
+    full = calibrate(np.arange(101.0), holdout_fraction=0)
+    assert full.threshold == 99.0 and full.n_calib == 101 and full.n_heldout == 0 and math.isnan(full.heldout_fpr)
+    d = calibrate(np.arange(101.0)).to_dict()
+    assert (d["method"], d["q"], d["k"]) == ("percentile", 99.0, 3.0)

@@ -6,6 +6,7 @@
 >>> api.calibrate("runs/ped2")
 >>> metrics = api.evaluate("runs/ped2", "../shared/data/ped2", "runs/ped2/eval")
 >>> api.detect("runs/ped2", "video.mp4", "runs/ped2/detect", video="runs/ped2/detect/anomaly.mp4")
+>>> api.bench(["configs/ped2_conv3d_ae.yaml", "configs/ped2_convlstm_ae.yaml"], "../shared/data/ped2", "bench/ped2")
 """
 
 from __future__ import annotations
@@ -17,20 +18,23 @@ from oddframe.config import Config, load_config
 from oddframe.data.layouts import load_dataset, open_input
 from oddframe.data.sources import open_source
 from oddframe.data.synthetic import write_synthetic_dataset
+from oddframe.pipeline.bench import bench
 from oddframe.pipeline.detect import detect
 from oddframe.pipeline.calibrate import calibrate
 from oddframe.pipeline.evaluate import evaluate
 from oddframe.registry import build_model, list_models
 from oddframe.runs import load_run
-from oddframe.pipeline.train import train
+from oddframe.pipeline.train import fuse, train
 
 __all__ = [
     "Config",
+    "bench",
     "build_model",
     "builtin_config",
     "calibrate",
     "detect",
     "evaluate",
+    "fuse",
     "list_models",
     "load_config",
     "load_dataset",

@@ -1,4 +1,6 @@
-"""Evaluation metrics: frame-level AUROC (micro and macro), AP, EER, ROC points, pixel-level AUROC.
+"""Evaluation metrics: frame-level AUROC (micro, and macro both ways), AP, EER, ROC points, pixel-level AUROC.
+
+Region- and track-based criteria (RBDC, TBDC) are in :mod:`oddframe.metrics_regions`.
 
 Pure functions (DESIGN rule 6). Frame-level functions take one label array and one score array per test
 video (``labels[i]`` ``(T_i,)`` in {0, 1}, ``scores[i]`` ``(T_i,)`` float, higher = more anomalous); a single
@@ -86,6 +88,29 @@ def frame_auroc_macro(labels: Videos, scores: Videos) -> tuple[float, int]:
     return (float(np.mean(aucs)), len(aucs)) if aucs else (math.nan, 0)
 
 
+def frame_auroc_macro_padded(labels: Videos, scores: Videos) -> tuple[float, int]:
+    """The literature's macro AUROC: every video padded with one normal and one anomalous dummy frame.
+
+    Most VAD papers since Georgescu et al. (TPAMI 2021), and UBnormal's official ``compute_auc_score.py``, append
+    a normal frame scored 0 and an anomalous frame scored 1 to each video's min-max normalised scores, so that
+    videos with one class also get an AUROC and all videos count. Here the dummies score the video's own minimum
+    and maximum, which is the same on min-max normalised scores and keeps the result independent of any
+    per-video monotone rescaling. It is not :func:`frame_auroc_macro` (which leaves single-class videos out):
+    the dummies push every video's AUROC up, by more on short videos.
+
+    Returns:
+        ``(mean AUROC, n_videos)`` over every video with at least one frame; ``(NaN, 0)`` without frames.
+    """
+    aucs = []
+    for y, s in _videos(labels, scores):
+        if y.size == 0:
+            continue
+        padded_y = np.concatenate([[False], y, [True]])
+        padded_s = np.concatenate([[s.min()], s, [s.max()]])
+        aucs.append(roc_auc_score(padded_y, padded_s))
+    return (float(np.mean(aucs)), len(aucs)) if aucs else (math.nan, 0)
+
+
 def frame_ap(labels: Videos, scores: Videos) -> float:
     """Average precision (area under the precision-recall curve, sklearn's step-wise sum), frames pooled.
 
@@ -133,7 +158,7 @@ def eer(labels: Videos, scores: Videos) -> float:
     return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
 
 
-def _order_keys(x: np.ndarray, bits: int) -> np.ndarray:
+def order_keys(x: np.ndarray, bits: int) -> np.ndarray:
     """Monotone integer bin keys of float32 values: the top ``bits`` bits of an order-preserving bit pattern.
 
     Flipping all bits of negative floats and the sign bit of positive ones makes unsigned integer order equal
@@ -184,7 +209,7 @@ class PixelAUROC:
         x = np.asarray(m, dtype=np.float32).ravel()
         if not np.isfinite(x).all():
             raise ValueError(f"maps hold {int((~np.isfinite(x)).sum())} non-finite values at counted pixels")
-        keys = _order_keys(x, self.bits)
+        keys = order_keys(x, self.bits)
         k = k.ravel()
         self._pos += np.bincount(keys[k], minlength=self._pos.size)
         self._neg += np.bincount(keys[~k], minlength=self._neg.size)
@@ -283,15 +308,21 @@ def summarise(labels: Videos, scores: Videos) -> dict[str, Any]:
     """Every frame-level metric in one JSON-able dict (NaN becomes None).
 
     Returns:
-        ``frame_auroc_micro``, ``frame_auroc_macro``, ``n_videos_macro``, ``frame_ap``, ``eer``,
+        ``frame_auroc_micro``, ``frame_auroc_macro`` (videos with both classes; ``n_videos_macro`` of them,
+        ``n_videos_macro_left_out`` left out), ``frame_auroc_macro_padded`` (the literature's, every video padded
+        with a normal and an anomalous dummy frame; ``n_videos_macro_padded``), ``frame_ap``, ``eer``,
         ``n_test_frames``, ``n_anomalous_frames``.
     """
     y, _ = _pooled(labels, scores)
     macro, n_macro = frame_auroc_macro(labels, scores)
+    padded, n_padded = frame_auroc_macro_padded(labels, scores)
     return {
         "frame_auroc_micro": _json_float(frame_auroc_micro(labels, scores)),
         "frame_auroc_macro": _json_float(macro),
         "n_videos_macro": int(n_macro),
+        "n_videos_macro_left_out": int(n_padded - n_macro),  # videos with frames of one class only
+        "frame_auroc_macro_padded": _json_float(padded),
+        "n_videos_macro_padded": int(n_padded),
         "frame_ap": _json_float(frame_ap(labels, scores)),
         "eer": _json_float(eer(labels, scores)),
         "n_test_frames": int(y.size),

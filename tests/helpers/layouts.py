@@ -46,13 +46,14 @@ def write_image_folder(folder: Path, data: np.ndarray, suffix: str = ".png", dig
             raise OSError(f"{path}: OpenCV could not write the test frame")
 
 
-def write_avi(path: Path, data: np.ndarray, fps: int = 25) -> None:
-    """A Motion-JPEG ``.avi`` of grey frames ``(T, H, W)`` (H, W even), written with PyAV."""
+def write_avi(path: Path, data: np.ndarray, fps: int = 25, codec: str = "mjpeg", pix_fmt: str = "yuvj420p") -> None:
+    """A Motion-JPEG ``.avi`` (or any ``codec`` in the container ``path`` names) of grey frames ``(T, H, W)``
+    (H, W even), written with PyAV."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("mjpeg", rate=fps)
+        stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = data.shape[1:3]
-        stream.pix_fmt = "yuvj420p"
+        stream.pix_fmt = pix_fmt
         for frame in data:
             rgb = np.repeat(frame[:, :, None], 3, axis=2)
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
@@ -163,4 +164,87 @@ def build_generic_mixed(root: Path, *, n_frames: int = 6) -> Path:
     masks = (masks_of(labels_of([(2, 3)], n_frames)) > 0).astype(np.uint8)
     np.save(root / "testing" / "test_pixel_mask" / "03.npy", masks)
     add_mac_junk(root / "training" / "videos")
+    return root
+
+
+def write_mp4(path: Path, data: np.ndarray, fps: int = 30) -> None:
+    """An MPEG-4 ``.mp4`` of grey frames ``(T, H, W)`` (H, W even), as UBnormal ships its videos."""
+    write_avi(path, data, fps, codec="mpeg4", pix_fmt="yuv420p")
+
+
+def build_shanghaitech(root: Path, *, n_frames: int = 6, size: tuple[int, int] = (24, 32)) -> Path:
+    """ShanghaiTech Campus as distributed: ``training/videos/{01_001,01_002,02_001}.avi``, test frame folders
+    ``testing/frames/{01_0014,01_0015,02_0128}/000.jpg``, ``testing/test_frame_mask/<video>.npy`` (int64 0/1) and
+    ``testing/test_pixel_mask/<video>.npy`` (uint8 ``(T, H, W)`` 0/1).
+
+    Ground truth (0-based frames): ``01_0014`` frames 2-3 (blob at rows 2-5, cols 3-6), ``01_0015`` all normal,
+    ``02_0128`` frames 1-4 (the same blob moving one column right per frame).
+    """
+    for k, name in enumerate(("01_001", "01_002", "02_001")):
+        write_avi(root / "training" / "videos" / f"{name}.avi", frames(n_frames, size, seed=k))
+    gt = {"01_0014": [2, 3], "01_0015": [], "02_0128": [1, 2, 3, 4]}
+    for k, (name, bad) in enumerate(gt.items()):
+        write_image_folder(root / "testing" / "frames" / name, frames(n_frames, size, seed=50 + k), ".jpg")
+        labels = np.zeros(n_frames, np.int64)
+        labels[bad] = 1
+        masks = np.zeros((n_frames, *size), np.uint8)
+        for t in bad:
+            shift = t if name == "02_0128" else 0
+            masks[t, 2:6, 3 + shift : 7 + shift] = 1
+        for sub, arr in (("test_frame_mask", labels), ("test_pixel_mask", masks)):
+            (root / "testing" / sub).mkdir(parents=True, exist_ok=True)
+            np.save(root / "testing" / sub / f"{name}.npy", arr)
+    return root
+
+
+# UBnormal fixture: (name, split, tracks (id, start, end)); every frame's id image also holds a normal person (id 9).
+UBNORMAL_VIDEOS = (
+    ("normal_scene_1_scenario_1", "normal_training", ()),
+    ("normal_scene_2_scenario_3_fog", "normal_training", ()),
+    ("abnormal_scene_1_scenario_4", "abnormal_training", ((1, 0, 2),)),
+    ("normal_scene_1_scenario_2", "normal_test", ()),
+    ("abnormal_scene_1_scenario_3", "abnormal_test", ((2, 1, 3),)),
+    ("abnormal_scene_2_scenario_1", "abnormal_test", ((1, 0, 1), (3, 3, 4))),
+    ("abnormal_scene_2_scenario_2", "abnormal_validation", ((1, 2, 4),)),
+    ("normal_scene_2_scenario_2", "normal_validation", ()),
+)
+UBNORMAL_SPLITS = ("training", "validation", "test")
+
+
+def ubnormal_object(t: int, track_id: int) -> tuple[slice, slice]:
+    """Where object ``track_id`` is in frame ``t``: rows ``2k``..``2k+3``, columns ``4k+t``..``4k+t+3`` (moving right)."""
+    return slice(2 * track_id, 2 * track_id + 4), slice(4 * track_id + t, 4 * track_id + t + 4)
+
+
+def ubnormal_ids(t: int, tracks: Sequence[tuple[int, int, int]], size: tuple[int, int] = (24, 32)) -> np.ndarray:
+    """The id image of frame ``t``: a normal person (id 9) and every track's object, in every frame (UBnormal
+    labels all objects; a track's object is anomalous only from its start to its end frame)."""
+    ids = np.zeros(size, np.uint8)
+    ids[16:20, 24:28] = 9
+    for track_id, _, _ in tracks:
+        ids[ubnormal_object(t, track_id)] = track_id
+    return ids
+
+
+def build_ubnormal(root: Path, *, n_frames: int = 5, size: tuple[int, int] = (24, 32), scripts: bool = True) -> Path:
+    """UBnormal as distributed: ``Scene{N}/{name}.mp4``, ``Scene{N}/{name}_annotations/{name}_tracks.txt``
+    (``track_id,start,end``, 0-based inclusive) and ``{name}_{frame:04d}_gt.png`` id images for every frame of
+    every video, with the official split files in ``scripts/`` (``scripts=False``: in the root)."""
+    names: dict[str, list[str]] = {}
+    for k, (name, split, tracks) in enumerate(UBNORMAL_VIDEOS):
+        scene = name.split("_")[2]
+        folder = root / f"Scene{scene}"
+        write_mp4(folder / f"{name}.mp4", frames(n_frames, size, seed=200 + k))
+        ann = folder / f"{name}_annotations"
+        ann.mkdir(parents=True, exist_ok=True)
+        for t in range(n_frames):
+            cv2.imwrite(str(ann / f"{name}_{t:04d}_gt.png"), ubnormal_ids(t, tracks, size))
+        if tracks:
+            (ann / f"{name}_tracks.txt").write_text("".join(f"{i},{s},{e}\n" for i, s, e in tracks))
+        names.setdefault(split, []).append(name)
+    target = root / "scripts" if scripts else root
+    target.mkdir(parents=True, exist_ok=True)
+    for kind in ("normal", "abnormal"):
+        for split in UBNORMAL_SPLITS:
+            (target / f"{kind}_{split}_video_names.txt").write_text("\n".join(names.get(f"{kind}_{split}", [])) + "\n")
     return root

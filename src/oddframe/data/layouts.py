@@ -1,6 +1,6 @@
 """Dataset layouts: a folder on disk -> training and test videos with optional frame labels and pixel masks.
 
-Four layouts are understood, detected from the folder's contents:
+Six layouts are understood, detected from the folder's contents:
 
 - ``generic`` (the ShanghaiTech convention, also what :mod:`oddframe.data.synthetic` writes):
   ``training/{videos,frames}``, ``testing/{videos,frames}``, ``testing/test_frame_mask/<video>.npy`` ``(T,)``
@@ -12,6 +12,12 @@ Four layouts are understood, detected from the folder's contents:
   ``testing/masks/01/000.png``.
 - ``avenue``: CUHK Avenue as distributed: ``training_videos/01.avi``, ``testing_videos/01.avi`` and
   ``ground_truth_demo/testing_label_mask/1_label.mat`` (``volLabel``: one mask per frame).
+- ``shanghaitech``: ShanghaiTech Campus as distributed, the generic layout with videos named ``<scene>_<n>``
+  (``training/videos/01_001.avi``, ``testing/frames/01_0014/``): every video knows its scene (``01``..``13``).
+- ``ubnormal``: UBnormal as distributed (``Scene1/abnormal_scene_1_scenario_1.mp4`` and annotations), read
+  under the one-class protocol by :mod:`oddframe.data.ubnormal`.
+
+``load_dataset(..., scenes=[...])`` keeps the videos of some scenes only (one model per scene).
 
 Frames are read lazily through :mod:`oddframe.data.sources`; pixel masks lazily, one frame at a time.
 Inconsistent ground truth is reported in :attr:`Dataset.problems` rather than raised, so that a user can
@@ -21,12 +27,12 @@ still look at a half-broken dataset; unreadable ground-truth files raise :class:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from oddframe.data.dataset import Dataset, Video, open_or_skip, select_scenes, video_number, video_stem
 from oddframe.data.groundtruth import (
     ArrayMasks,
     ImageMasks,
@@ -39,15 +45,14 @@ from oddframe.data.groundtruth import (
     read_ucsd_m,
     subdirs,
 )
-from oddframe.data.sources import FrameRange, FrameSource, is_source, natural_key, open_source, path_suffix
-from oddframe.errors import LayoutError, SourceError
+from oddframe.data.sources import FrameSource, is_source, natural_key, open_source
+from oddframe.data.ubnormal import EXPECTED as UBNORMAL_EXPECTED
+from oddframe.data.ubnormal import is_ubnormal, load_ubnormal
+from oddframe.errors import ConfigError, LayoutError, SourceError
 
-__all__ = [
-    "LAYOUTS", "Dataset", "PixelMasks", "Video", "check_video", "detect_layout", "frame_range", "load_dataset",
-    "normal_videos", "open_input",
-]
+__all__ = ["LAYOUTS", "Dataset", "PixelMasks", "Video", "check_video", "detect_layout", "load_dataset", "open_input"]
 
-LAYOUTS: tuple[str, ...] = ("generic", "ucsd", "ucsd_redistributed", "avenue")
+LAYOUTS: tuple[str, ...] = ("generic", "ucsd", "ucsd_redistributed", "avenue", "shanghaitech", "ubnormal")
 
 # What each layout expects, quoted in the error when a folder fits none of them.
 EXPECTED: dict[str, str] = {
@@ -59,43 +64,10 @@ EXPECTED: dict[str, str] = {
     "cell array of (start, end) frame ranges (optional testing/masks/01/000.png)",
     "avenue": "training_videos/01.avi and testing_videos/01.avi (CUHK Avenue; optional "
     "ground_truth_demo/testing_label_mask/1_label.mat)",
+    "shanghaitech": "training/videos/01_001.avi, testing/frames/01_0014/000.jpg, testing/test_frame_mask/01_0014.npy "
+    "and testing/test_pixel_mask/01_0014.npy (ShanghaiTech Campus: the generic layout, scene = name prefix)",
+    "ubnormal": UBNORMAL_EXPECTED,
 }
-
-
-@dataclass
-class Video:
-    """One video of a dataset.
-
-    Attributes:
-        name: video name (file stem or folder name).
-        source: the frames, read lazily.
-        labels: ``(T,)`` uint8 frame labels (1 = anomalous), or None when unknown.
-        masks: lazy ``(H, W)`` bool pixel masks, one per frame, or None when unknown.
-    """
-
-    name: str
-    source: FrameSource
-    labels: np.ndarray | None = None
-    masks: PixelMasks | None = None
-
-
-@dataclass
-class Dataset:
-    """A dataset: training (normal) and test videos.
-
-    Attributes:
-        layout: one of :data:`LAYOUTS`, or ``"source"`` for a single source opened by :func:`open_input`.
-        root: the folder (or source file) it was read from.
-        train: training videos (normal, no labels).
-        test: test videos, with labels/masks where the dataset has them.
-        problems: human-readable warnings about inconsistent ground truth.
-    """
-
-    layout: str
-    root: Path
-    train: list[Video] = field(default_factory=list)
-    test: list[Video] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
 
 
 def _gt_mat(root: Path) -> Path | None:
@@ -116,10 +88,21 @@ def _ucsd_m(root: Path) -> Path | None:
     return None
 
 
+_SHANGHAITECH_NAME = re.compile(r"^\d{2}_\d{3,4}$")  # 01_001 (training), 01_0014 (testing)
+
+
+def _shanghaitech_names(root: Path) -> bool:
+    """Whether every video of a generic folder is named ``<scene>_<n>`` as in ShanghaiTech (listing only)."""
+    names = [video_stem(p) for s in ("training", "testing") for k in ("frames", "videos") for p in entries(root / s / k)]
+    return bool(names) and all(_SHANGHAITECH_NAME.match(n) for n in names)
+
+
 def _layout_of(root: Path) -> str | None:
     """The layout whose marker folders ``root`` has, or None (folders only: cheap, decodes nothing)."""
     if (root / "training_videos").is_dir() or (root / "testing_videos").is_dir():
         return "avenue"
+    if is_ubnormal(root):
+        return "ubnormal"
     if (root / "Train").is_dir() or (root / "Test").is_dir():
         return "ucsd"
     splits = [root / s / k for s in ("training", "testing") for k in ("frames", "videos")]
@@ -129,7 +112,9 @@ def _layout_of(root: Path) -> str | None:
     testing = root / "testing"
     generic_gt = (testing / "test_frame_mask").is_dir() or (testing / "test_pixel_mask").is_dir()
     ucsd_gt = _gt_mat(root) is not None or _ucsd_m(root) is not None or (testing / "masks").is_dir()
-    return "ucsd_redistributed" if ucsd_gt and not generic_gt else "generic"
+    if ucsd_gt and not generic_gt:
+        return "ucsd_redistributed"
+    return "shanghaitech" if _shanghaitech_names(root) else "generic"
 
 
 def detect_layout(root: str | Path) -> str:
@@ -151,25 +136,6 @@ def detect_layout(root: str | Path) -> str:
     raise LayoutError(f"{root}: fits no dataset layout. Expected one of:\n{lines}{more}")
 
 
-def _number(name: str) -> int | None:
-    """The video number in a name like ``01``, ``Test007`` or ``3`` (None if there is none)."""
-    m = re.search(r"(\d+)$", name)
-    return int(m.group(1)) if m else None
-
-
-def _stem(path: Path) -> str:
-    """Video name of a source: a folder's name, a file's name without its (possibly compound) suffix."""
-    return path.name[: -len(path_suffix(path))] if path.is_file() and path_suffix(path) else path.name
-
-
-def _open(path: Path, problems: list[str]) -> FrameSource | None:
-    try:
-        return open_source(path)
-    except SourceError as err:
-        problems.append(f"skipped unreadable video {path}: {err}")
-        return None
-
-
 def _split_videos(split: Path, problems: list[str]) -> list[tuple[str, FrameSource]]:
     """Videos of a generic split: files in ``videos/`` and frame folders in ``frames/`` (mixed), by name."""
     found: dict[str, Path] = {}
@@ -177,14 +143,14 @@ def _split_videos(split: Path, problems: list[str]) -> list[tuple[str, FrameSour
         if not is_source(path):
             problems.append(f"ignored {path}: not a video file, image folder, FITS or array")
             continue
-        name = _stem(path)
+        name = video_stem(path)
         if name in found:
             problems.append(f"two videos named {name!r} in {split}: kept {found[name]}, ignored {path}")
             continue
         found[name] = path
     videos = []
     for name in sorted(found, key=natural_key):
-        source = _open(found[name], problems)
+        source = open_or_skip(found[name], problems)
         if source is not None:
             videos.append((name, source))
     return videos
@@ -222,7 +188,7 @@ def _load_ucsd(root: Path, problems: list[str]) -> tuple[list[Video], list[Video
     train = [
         Video(d.name, s)
         for d in subdirs(root / "Train")
-        if is_video.match(d.name) and (s := _open(d, problems)) is not None
+        if is_video.match(d.name) and (s := open_or_skip(d, problems)) is not None
     ]
     m_file = _ucsd_m(root)
     ranges = read_ucsd_m(m_file) if m_file else None
@@ -230,7 +196,7 @@ def _load_ucsd(root: Path, problems: list[str]) -> tuple[list[Video], list[Video
         problems.append(f"{root}: no UCSDped1.m / UCSDped2.m found; test videos have no frame labels")
     test = []
     for d in subdirs(root / "Test"):
-        if not is_video.match(d.name) or (src := _open(d, problems)) is None:
+        if not is_video.match(d.name) or (src := open_or_skip(d, problems)) is None:
             continue
         labels = _labels_for(d.name, len(src), ranges, m_file, problems)
         gt = files_in(d.with_name(f"{d.name}_gt"), (".bmp", ".png", ".tif", ".tiff"))
@@ -244,7 +210,7 @@ def _labels_for(
     """Frame labels of test video ``name`` from per-video 1-based ranges, matched by the number in its name."""
     if ranges is None:
         return None
-    k = _number(name)
+    k = video_number(name)
     if k is None or not 1 <= k <= len(ranges):
         problems.append(f"test video {name}: no entry in {gt_file} ({len(ranges)} videos listed)")
         return None
@@ -256,7 +222,7 @@ def _labels_for(
 
 def _load_ucsd_redistributed(root: Path, problems: list[str]) -> tuple[list[Video], list[Video]]:
     frames = root / "training" / "frames"
-    train = [Video(d.name, s) for d in subdirs(frames) if (s := _open(d, problems)) is not None]
+    train = [Video(d.name, s) for d in subdirs(frames) if (s := open_or_skip(d, problems)) is not None]
     mat, m_file = _gt_mat(root), _ucsd_m(root)
     ranges, gt_file = None, None
     if mat is not None:
@@ -270,7 +236,7 @@ def _load_ucsd_redistributed(root: Path, problems: list[str]) -> tuple[list[Vide
         problems.append(f"{root}: no <name>.mat with 'gt' (nor UCSDped*.m) found; test videos have no frame labels")
     test = []
     for d in subdirs(root / "testing" / "frames"):
-        if (src := _open(d, problems)) is None:
+        if (src := open_or_skip(d, problems)) is None:
             continue
         labels = _labels_for(d.name, len(src), ranges, gt_file, problems)
         gt = files_in(root / "testing" / "masks" / d.name, (".png", ".bmp", ".tif", ".tiff", ".jpg"))
@@ -282,8 +248,8 @@ def _load_avenue(root: Path, problems: list[str]) -> tuple[list[Video], list[Vid
     def videos(folder: Path) -> list[tuple[str, FrameSource]]:
         out = []
         for p in entries(folder):
-            if is_source(p) and (s := _open(p, problems)) is not None:
-                out.append((_stem(p), s))
+            if is_source(p) and (s := open_or_skip(p, problems)) is not None:
+                out.append((video_stem(p), s))
         return out
 
     train = [Video(name, s) for name, s in videos(root / "training_videos")]
@@ -292,7 +258,7 @@ def _load_avenue(root: Path, problems: list[str]) -> tuple[list[Video], list[Vid
     if not gt_dir.is_dir() and (root / "testing_videos").is_dir():
         problems.append(f"{gt_dir}: missing; test videos have no frame labels or pixel masks")
     for name, src in videos(root / "testing_videos"):
-        k = _number(name)
+        k = video_number(name)
         mat = gt_dir / f"{k}_label.mat" if k is not None else None
         if mat is None or not mat.is_file():
             if gt_dir.is_dir():
@@ -305,8 +271,16 @@ def _load_avenue(root: Path, problems: list[str]) -> tuple[list[Video], list[Vid
     return train, test
 
 
+def _load_shanghaitech(root: Path, problems: list[str]) -> tuple[list[Video], list[Video]]:
+    train, test = _load_generic(root, problems)
+    for video in train + test:  # 01_001 -> scene 01: the camera, one of 13
+        video.scene = video.name.split("_")[0]
+    return train, test
+
+
 _LOADERS: dict[str, Callable[[Path, list[str]], tuple[list[Video], list[Video]]]] = {
     "generic": _load_generic,
+    "shanghaitech": _load_shanghaitech,
     "ucsd": _load_ucsd,
     "ucsd_redistributed": _load_ucsd_redistributed,
     "avenue": _load_avenue,
@@ -344,7 +318,14 @@ def check_video(video: Video, *, masks: bool = False) -> list[str]:
     return out
 
 
-def load_dataset(root: str | Path, layout: str | None = None, *, check_masks: bool = False) -> Dataset:
+def load_dataset(
+    root: str | Path,
+    layout: str | None = None,
+    *,
+    check_masks: bool = False,
+    scenes: list[str | int] | tuple[str | int, ...] | None = None,
+    split: str = "test",
+) -> Dataset:
     """Read a dataset folder.
 
     Args:
@@ -352,6 +333,8 @@ def load_dataset(root: str | Path, layout: str | None = None, *, check_masks: bo
         layout: one of :data:`LAYOUTS`; detected from the folder's contents when None.
         check_masks: also read every pixel mask to cross-check it against the frame labels (slow on big
             datasets; :func:`oddframe.data.inspect.inspect_path` does it).
+        scenes: keep only the training and test videos of these scenes (ShanghaiTech, UBnormal); None = all.
+        split: the test split to read: ``test``, or ``validation`` (UBnormal only).
 
     Returns:
         The :class:`Dataset`, with inconsistencies listed in ``problems``.
@@ -359,6 +342,7 @@ def load_dataset(root: str | Path, layout: str | None = None, *, check_masks: bo
     Raises:
         ValueError: for an unknown ``layout``.
         LayoutError: if the folder fits no layout or a ground-truth file cannot be read.
+        ConfigError: ``scenes`` on a dataset without them (or naming none of them), ``split`` on one without it.
     """
     root = Path(root)
     if layout is None:
@@ -368,12 +352,21 @@ def load_dataset(root: str | Path, layout: str | None = None, *, check_masks: bo
     elif not root.is_dir():
         raise LayoutError(f"{root}: not a folder; a {layout} dataset is a folder: {EXPECTED[layout]}")
     problems: list[str] = []
-    train, test = _LOADERS[layout](root, problems)
+    notes: list[str] = []
+    if layout == "ubnormal":
+        train, test, notes = load_ubnormal(root, problems, split=split)
+    elif split != "test":
+        raise ConfigError(f"data.eval_split={split!r}: only UBnormal has a validation split; {root} is {layout}")
+    else:
+        train, test = _LOADERS[layout](root, problems)
     if not train and not test:
         problems.append(f"{root}: no readable videos found (expected {EXPECTED[layout]})")
-    for video in test:
+    dataset = Dataset(layout=layout, root=root, train=train, test=test, problems=problems, notes=notes)
+    if scenes:
+        select_scenes(dataset, scenes)
+    for video in dataset.test:
         problems.extend(check_video(video, masks=check_masks))
-    return Dataset(layout=layout, root=root, train=train, test=test, problems=problems)
+    return dataset
 
 
 def open_input(path: str | Path, *, check_masks: bool = False) -> Dataset:
@@ -397,24 +390,3 @@ def open_input(path: str | Path, *, check_masks: bool = False) -> Dataset:
         return Dataset(layout="source", root=path, test=[Video(name, source)])
     detect_layout(path)  # raises the LayoutError that lists what each layout expects
     raise LayoutError(f"{path}: neither a dataset folder nor a frame source")  # pragma: no cover
-
-
-def frame_range(videos: list[Video], start: int = 0, stop: int | None = None) -> list[Video]:
-    """The same videos cut to frames ``start <= index < stop`` (labels and masks keep the source's numbering)."""
-    if start == 0 and stop is None:
-        return list(videos)
-    return [Video(v.name, FrameRange(v.source, start, stop), v.labels, v.masks) for v in videos]
-
-
-def normal_videos(path: str | Path, *, start: int = 0, stop: int | None = None) -> list[Video]:
-    """The normal footage at ``path``: a dataset folder's training videos, or a single source (a video file, a
-    folder of images...) as one normal video; cut to frames ``start <= index < stop``.
-
-    Raises:
-        LayoutError: if ``path`` is a dataset without training videos, or neither a dataset nor a source.
-    """
-    dataset = open_input(path)
-    videos = dataset.test if dataset.layout == "source" else dataset.train
-    if not videos:
-        raise LayoutError(f"{path}: the {dataset.layout} layout has no training (normal) videos")
-    return frame_range(videos, start, stop)

@@ -15,13 +15,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from oddframe.files import atomic_write
+
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Save ``fig`` as a PNG at its own size, creating parent folders."""
+    """Save ``fig`` as a PNG at its own size, creating parent folders (atomically)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, format="png")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
 
 
@@ -118,8 +119,8 @@ def _spans(labels: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _score_axes(ax: Any, frames: np.ndarray, scores: np.ndarray, labels: np.ndarray | None, threshold: float | None,
-                name: str | None) -> None:
-    """Draw one video's score curve, its ground-truth spans and the threshold on ``ax``."""
+                name: str | None, members: dict[str, np.ndarray] | None = None) -> None:
+    """Draw one video's score curve, its ground-truth spans, its members' curves and the threshold on ``ax``."""
     order = np.argsort(frames, kind="stable")
     f, s = frames[order], scores[order]
     if labels is not None:
@@ -127,6 +128,8 @@ def _score_axes(ax: Any, frames: np.ndarray, scores: np.ndarray, labels: np.ndar
         for i, (a, b) in enumerate(_spans(lab)):
             ax.axvspan(f[a] - 0.5, f[b] + 0.5, color="tab:red", alpha=0.18, lw=0,
                        label="ground-truth anomaly" if i == 0 else None)
+    for (member, m), colour in zip((members or {}).items(), ("tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:olive")):
+        ax.plot(f, m[order], color=colour, lw=0.8, alpha=0.8, label=f"member {member}")
     ax.plot(f, s, color="tab:blue", lw=1.2, label="frame score")
     if threshold is not None:
         ax.axhline(threshold, color="black", ls="--", lw=1.0, label=f"threshold {threshold:.4g}")
@@ -151,6 +154,7 @@ def plot_scores(
     width: float = 10.0,
     row_height: float = 2.6,
     dpi: int = 100,
+    members: dict[str, Any] | None = None,
 ) -> Path:
     """Plot frame scores against the frame index, one panel per video, ground-truth anomalies shaded.
 
@@ -166,6 +170,7 @@ def plot_scores(
         row_height: inches per video panel (+ 0.8 inch for the title and axis label); the PNG is
             ``width * dpi`` by ``(row_height * n_videos + 0.8) * dpi`` pixels.
         dpi: dots per inch.
+        members: optional ``{name: (N,) scores}`` of a fused run's members, drawn as thin lines.
 
     Returns:
         ``path``.
@@ -182,6 +187,8 @@ def plot_scores(
         lengths["labels"] = len(lab)
     if vid is not None:
         lengths["videos"] = len(vid)
+    mem = {k: np.asarray(v, dtype=np.float64).ravel() for k, v in (members or {}).items()}
+    lengths.update({f"member {k}": len(v) for k, v in mem.items()})
     if len(set(lengths.values())) != 1:
         raise ValueError(f"frames, scores, labels and videos must have one length, got {lengths}")
     if len(f) == 0:
@@ -193,7 +200,7 @@ def plot_scores(
     for ax, name in zip(axes, names):
         sel = np.ones(len(f), bool) if name is None else vid == name
         known = None if lab is None else np.where(np.isfinite(lab[sel]) & (lab[sel] >= 0), lab[sel], 0)
-        _score_axes(ax, f[sel], s[sel], known, threshold, name)
+        _score_axes(ax, f[sel], s[sel], known, threshold, name, {k: v[sel] for k, v in mem.items()})
     axes[-1].set_xlabel("frame index")
     axes[0].legend(loc="upper right", fontsize=8)
     fig.suptitle(title)
@@ -253,6 +260,146 @@ def plot_roc(
     ax.set_xlabel("false positive rate (normal frames flagged)")
     ax.set_ylabel("true positive rate (anomalous frames found)")
     ax.set_title(f"{title} ({int((y == 1).sum())} anomalous / {len(y)} frames)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_roc_models(
+    curves: Mapping[str, tuple[Any, Any]],
+    path: str | Path,
+    *,
+    title: str = "Frame-level ROC of every model",
+    figsize: tuple[float, float] = (6.5, 6.0),
+    dpi: int = 100,
+) -> Path:
+    """Several models' ROC curves on one set of axes, each labelled with its micro AUROC.
+
+    Args:
+        curves: model name -> ``(labels (N,) 0/1, scores (N,))`` of its pooled test frames; a model whose frames
+            hold one class only is listed in the legend as "no ROC".
+        path: PNG to write.
+        title: figure title.
+        figsize: inches; the PNG is ``figsize * dpi`` pixels.
+        dpi: dots per inch.
+
+    Returns:
+        ``path``.
+    """
+    from oddframe.metrics import frame_auroc_micro, roc_points
+
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    for name, (labels, scores) in curves.items():
+        y, s = np.asarray(labels, dtype=np.float64).ravel(), np.asarray(scores, dtype=np.float64).ravel()
+        if len(np.unique(y)) < 2 or not np.isfinite(s).all():
+            ax.plot([], [], label=f"{name}: no ROC (one class or non-finite scores)")
+            continue
+        fpr, tpr, _ = roc_points(y, s)
+        ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUROC {frame_auroc_micro(y, s):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1.0, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate (normal frames flagged)")
+    ax.set_ylabel("true positive rate (anomalous frames found)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_scores_grid(
+    videos: Sequence[str],
+    models: Mapping[str, Mapping[str, tuple[Any, Any, Any]]],
+    path: str | Path,
+    *,
+    title: str = "Frame scores per video (rows) and model (columns); shaded = ground-truth anomaly",
+    panel_size: tuple[float, float] = (4.2, 2.0),
+    dpi: int = 90,
+) -> Path:
+    """The score curves of each video side by side, one column per model (each column on its own scale).
+
+    Args:
+        videos: the videos to show, one row each, in order.
+        models: model name -> video name -> ``(frames (N,), scores (N,), labels (N,) or None)``; a video a model
+            did not score is left blank.
+        path: PNG to write.
+        title: figure title.
+        panel_size: inches per panel; the PNG is about ``n_models * w`` by ``n_videos * h + 0.8`` inches.
+        dpi: dots per inch.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: no video or no model.
+    """
+    if not videos or not models:
+        raise ValueError("need at least one video and one model to plot")
+    names = list(models)
+    w, h = panel_size
+    fig = Figure(figsize=(w * len(names), h * len(videos) + 0.8), dpi=dpi, layout="constrained")
+    axes = fig.subplots(len(videos), len(names), squeeze=False, sharex="row", sharey="col")
+    for j, name in enumerate(names):
+        axes[0, j].set_title(name, fontsize=10)
+        for i, video in enumerate(videos):
+            ax = axes[i, j]
+            if video not in models[name]:
+                ax.text(0.5, 0.5, "not scored", ha="center", va="center", transform=ax.transAxes)
+                continue
+            frames, scores, labels = models[name][video]
+            lab = None if labels is None else np.asarray(labels, dtype=np.float64)
+            _score_axes(ax, np.asarray(frames, np.float64), np.asarray(scores, np.float64), lab, None, None)
+            ax.set_ylabel(f"video {video}" if j == 0 else "", fontsize=9)
+    for j in range(len(names)):
+        axes[-1, j].set_xlabel("frame index")
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def plot_region_curve(
+    fpr: Any,
+    rbdr: Any,
+    tbdr: Any,
+    path: str | Path,
+    *,
+    rbdc: float | None = None,
+    tbdc: float | None = None,
+    figsize: tuple[float, float] = (6.0, 4.5),
+    dpi: int = 100,
+) -> Path:
+    """Region- and track-based detection rates against false-positive regions per frame (RBDC/TBDC curves).
+
+    Args:
+        fpr: ``(K,)`` false-positive regions per frame of each map level.
+        rbdr: ``(K,)`` region-based detection rate at the same levels.
+        tbdr: ``(K,)`` track-based detection rate.
+        path: PNG to write.
+        rbdc: the area to print in the legend (None: not printed).
+        tbdc: likewise.
+        figsize: inches; the PNG is ``figsize * dpi`` pixels.
+        dpi: dots per inch.
+
+    Returns:
+        ``path``.
+    """
+    x = np.asarray(fpr, dtype=np.float64)
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    for rate, name, area, colour in ((rbdr, "RBDR (regions)", rbdc, "tab:blue"), (tbdr, "TBDR (tracks)", tbdc, "tab:orange")):
+        y = np.asarray(rate, dtype=np.float64)
+        order = np.argsort(x, kind="stable")
+        label = name + (f", area {area:.3f}" if area is not None else "")
+        ax.plot(x[order], y[order], ".", ms=3, alpha=0.5, color=colour)
+        ax.step(x[order], np.maximum.accumulate(np.nan_to_num(y[order])), where="post", lw=1.6, color=colour,
+                label=label)
+    ax.axvline(1.0, color="grey", ls=":", lw=1.0)
+    ax.set_xlim(0, max(1.2, min(float(np.nanmax(x)) if x.size else 1.2, 5.0)))
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false-positive regions per frame (areas: FPR 0 to 1, dotted line)")
+    ax.set_ylabel("detection rate")
+    ax.set_title("Region and track detection (dots: map levels; lines: best within each FPR)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
