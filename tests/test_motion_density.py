@@ -130,6 +130,36 @@ def test_fitted_state_round_trips_through_a_checkpoint(fitted, tmp_path):
     assert fresh.appearance_bank.shape[1] == 324 and fresh.velocity_size_means.shape == (2, 3)
 
 
+def test_training_frames_score_held_out_as_by_a_model_fitted_without_their_video():
+    """Calibration scores training frames with the densities fitted without their video (leave-one-out): the
+    same raw scores as a model fitted on the other videos only, and higher than in-sample ones (no self-match)."""
+    params = {**PARAMS, "perspective": False}
+    videos = [(f"train{s}", scene(walkers(s), seed=s)) for s in range(4)]
+    model, others = MotionDensity(**params), MotionDensity(**params)
+    model.fit([batch_of(model, frames, name) for name, frames in videos])
+    others.fit([batch_of(others, frames, name) for name, frames in videos[1:]])
+    found = [f for _, _, r, f, _ in model._frames(batch_of(model, videos[0][1], "train0")) if r]
+    feats = {k: np.concatenate([f[k] for f in found]) for k in found[0]}
+    zero = np.zeros(len(feats["geometry"]), np.int64)  # train0 is group 0
+    for parts in model.densities:
+        x = model._features(parts, feats)
+        np.testing.assert_allclose(model._raw(parts, x, zero), others._raw(parts, x), rtol=1e-6, atol=1e-9)
+    assert (model._raw(("appearance",), feats["appearance"]) < 1e-2).all(), "in-sample: each region finds itself"
+
+    batch = batch_of(model, videos[0][1], "train0")
+    with torch.no_grad():
+        seen = model.anomaly_map(batch).amax(dim=(1, 2, 3))
+        with model.held_out_training() as held_out:
+            held = model.anomaly_map(batch).amax(dim=(1, 2, 3))
+        assert held_out and not model._held_out
+        assert held.mean() > seen.mean() and (held >= seen - 1e-6).all()
+        # Frames the fit never saw (another video, or frames past the fitted ones) score as usual inside too.
+        unseen = batch_of(model, videos[0][1], "elsewhere")
+        with model.held_out_training():
+            assert torch.equal(model.anomaly_map(unseen), model.anomaly_map(batch_of(model, videos[0][1], "x")))
+    assert MotionDensity(**params).group_table.numel() == 0
+
+
 def test_unfitted_model_and_bad_settings_are_refused():
     with pytest.raises(RuntimeError, match="not fitted"):
         maps(MotionDensity(**PARAMS), scene(walkers(0), n=3))
@@ -188,7 +218,8 @@ def test_one_source_trains_on_a_frame_range_and_calibrated_scores_ignore_the_tes
     assert result.fitted_only
     model, _ = api.load_run(tmp_path / "run")
     assert int(model.fit_counts[0]) == 40, "fitted on frames 0-39 only"
-    api.calibrate(tmp_path / "run", progress=False)
+    cal = api.calibrate(tmp_path / "run", progress=False)
+    assert "leave-one-out" in cal["normal_frames"], cal["normal_frames"]
 
     api.detect(tmp_path / "run", tmp_path / "camera", tmp_path / "det", progress=False, start_frame=40)
     scores = _scores(tmp_path / "det" / "scores.csv")

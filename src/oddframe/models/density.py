@@ -98,20 +98,57 @@ def knn_distance(x: np.ndarray, bank: np.ndarray, *, k: int = 1, exclude: np.nda
 
 
 def leave_one_group_out(
-    x: np.ndarray, groups: np.ndarray, fit: Callable[[np.ndarray], object], score: Callable[[np.ndarray, object], np.ndarray]
+    x: np.ndarray, groups: np.ndarray, fit: Callable[[np.ndarray], object], score: Callable[[np.ndarray, object], np.ndarray],
+    *, fits: list | None = None,
 ) -> np.ndarray:
     """Scores ``(N,)`` of every sample under an estimator fitted on the other groups' samples only.
 
-    With a single group, every sample is scored in-sample (there is nothing to leave out).
+    With a single group, every sample is scored in-sample (there is nothing to leave out). ``fits``, when given,
+    receives the estimator that left out group ``g`` at position ``g`` for ``g`` in ``0..groups.max()`` (a group
+    without samples gets the estimator of every sample), so the same held-out scores can be computed again later.
     """
     groups = np.asarray(groups)
     uniq = np.unique(groups)
     if len(uniq) < 2:
         return score(x, fit(x))
     out = np.empty(len(x))
-    for g in uniq:
+    everything = None
+    for g in range(int(groups.max()) + 1):
         held = groups == g
-        out[held] = score(x[held], fit(x[~held]))
+        if not held.any():
+            everything = fit(x) if everything is None else everything
+            model = everything
+        else:
+            model = fit(x[~held])
+            out[held] = score(x[held], model)
+        if fits is not None:
+            fits.append(model)
+    return out
+
+
+def stack_mixtures(mixtures: list[GaussianMixtureParams], components: int) -> GaussianMixtureParams:
+    """``G`` mixtures as one with a leading group axis, ``weights (G, K)``, ``means (G, K, D)``, ``covariances
+    (G, K, D, D)``; mixtures with fewer than ``K = components`` components are padded with weight-0 unit Gaussians."""
+    d = mixtures[0].means.shape[1]
+    w = np.zeros((len(mixtures), components))
+    m = np.zeros((len(mixtures), components, d))
+    c = np.tile(np.eye(d), (len(mixtures), components, 1, 1))
+    for g, p in enumerate(mixtures):
+        k = len(p.weights)
+        w[g, :k], m[g, :k], c[g, :k] = p.weights, p.means, p.covariances
+    return GaussianMixtureParams(w, m, c)
+
+
+def gmm_nll_by_group(x: np.ndarray, groups: np.ndarray, full: GaussianMixtureParams,
+                     held_out: GaussianMixtureParams) -> np.ndarray:
+    """``(N,)`` negative log-likelihood of each sample under the mixture that left its group out (``held_out``
+    from :func:`stack_mixtures`), or under ``full`` where its group is ``-1`` (a sample the fit never saw)."""
+    out = np.empty(len(x))
+    for g in np.unique(groups):
+        sel = groups == g
+        params = full if g < 0 else GaussianMixtureParams(*(a[g] for a in (held_out.weights, held_out.means,
+                                                                            held_out.covariances)))
+        out[sel] = gmm_nll(x[sel], params)
     return out
 
 
@@ -130,3 +167,40 @@ def contiguous_groups(n: int, folds: int) -> np.ndarray:
     """``(n,)`` group ids cutting ``n`` consecutive samples into ``folds`` contiguous blocks (for one video,
     where neighbouring frames are near-copies and a random split would let a sample meet its twin)."""
     return np.minimum(np.arange(n) * folds // max(n, 1), folds - 1)
+
+
+def frame_groups(keys: list[tuple[str, int]], folds: int) -> tuple[np.ndarray, list[list]]:
+    """Leave-one-out groups of fitted frames and the table that finds them again.
+
+    Args:
+        keys: ``(video, frame index)`` of every fitted frame.
+        folds: with a single video, its frames are cut into this many contiguous blocks of frame numbers (neighbouring
+            frames are near-copies, so a frame must not meet its neighbours); with several, each video is a group.
+
+    Returns:
+        ``(F,)`` group of each frame, and the table ``[[video, first index, last index, group], ...]`` for
+        :func:`lookup_groups`.
+    """
+    videos = np.asarray([k[0] for k in keys])
+    index = np.asarray([k[1] for k in keys], dtype=np.int64)
+    names = sorted(set(videos.tolist()))
+    if len(names) > 1:
+        g = np.searchsorted(np.asarray(names), videos)
+    else:
+        rank = np.empty(len(index), np.int64)
+        rank[np.argsort(index, kind="stable")] = np.arange(len(index))
+        g = contiguous_groups(len(index), folds)[rank]
+    table = [[str(videos[g == k][0]), int(index[g == k].min()), int(index[g == k].max()), int(k)]
+             for k in np.unique(g)]
+    return g, table
+
+
+def lookup_groups(keys: list[tuple[str, int]], table: list[list]) -> np.ndarray:
+    """``(F,)`` group of each ``(video, frame index)`` in a table of :func:`frame_groups`; -1 where none holds it."""
+    out = np.full(len(keys), -1, np.int64)
+    for n, (video, index) in enumerate(keys):
+        for name, lo, hi, g in table:
+            if name == video and lo <= index <= hi:
+                out[n] = g
+                break
+    return out

@@ -27,8 +27,10 @@ score is the maximum over regions. Every fitted quantity is a buffer saved in ``
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -147,9 +149,16 @@ class MotionDensity(AnomalyModel):
         for parts in self.densities:
             if parts == ("appearance",):
                 self.register_fitted("appearance_bank", torch.zeros(0))
+                #: (M,) leave-one-out group of each bank row (its training video, or block of one video).
+                self.register_fitted("appearance_bank_groups", torch.zeros(0, dtype=torch.int64))
             else:
                 for p in ("weights", "means", "covariances"):
                     self.register_fitted(f"{'_'.join(parts)}_{p}", torch.zeros(0, dtype=torch.float64))
+                    #: (G, ...) the mixture fitted without group g's regions, for held-out scores of training frames
+                    self.register_fitted(f"{'_'.join(parts)}_loo_{p}", torch.zeros(0, dtype=torch.float64))
+        #: UTF-8 JSON of the leave-one-out groups ``[[video, first frame, last frame, group], ...]``.
+        self.register_fitted("group_table", torch.zeros(0, dtype=torch.uint8))
+        self._held_out = False
         #: (A, 2): each density's (low, high) calibration from normal training regions.
         self.register_fitted("calibration", torch.zeros(0, dtype=torch.float64))
         #: () score of the least anomalous normal training frame: the map's value off the regions.
@@ -187,19 +196,41 @@ class MotionDensity(AnomalyModel):
         b, _, t, h, w = batch.frames.shape
         floor = float(self.floor)
         out = np.full((b, t, h, w), floor, np.float32)
-        found = [(i, j, regions, feats) for i, j, regions, feats in self._frames(batch) if regions]
+        found = [(i, j, regions, feats, key) for i, j, regions, feats, key in self._frames(batch) if regions]
         if found:  # every region of the batch scored at once (one kNN search)
-            keys = found[0][3].keys()
-            scores = self._score({k: np.concatenate([f[k] for *_, f in found]) for k in keys}).sum(axis=1)
-            ends = np.cumsum([len(r) for _, _, r, _ in found])
-            for (i, j, regions, _), part in zip(found, np.split(scores, ends[:-1])):
+            names = found[0][3].keys()
+            groups = None
+            if self._held_out:  # each training frame scored by the densities fitted without its group
+                frame_group = D.lookup_groups([f[4] for f in found], self._group_table())
+                groups = np.repeat(frame_group, [len(f[2]) for f in found])
+            scores = self._score({k: np.concatenate([f[3][k] for f in found]) for k in names}, groups).sum(axis=1)
+            ends = np.cumsum([len(f[2]) for f in found])
+            for (i, j, regions, _, _), part in zip(found, np.split(scores, ends[:-1])):
                 out[i, j] = R.paint(regions, np.maximum(part, floor), background=floor)
         return torch.from_numpy(out).to(batch.frames.device)
 
+    @contextlib.contextmanager
+    def held_out_training(self) -> Iterator[bool]:
+        """Inside, a frame the model was fitted on is scored by the densities fitted without its group (its
+        training video, or its block of a single video), as :meth:`fit` calibrated them: the normal scores
+        ``oddframe calibrate`` needs are then those of unseen normal footage, not in-sample ones (an appearance
+        descriptor's nearest normal neighbour would be itself). Frames the fit never saw score as usual."""
+        saved, self._held_out = self._held_out, self.group_table.numel() > 0
+        try:
+            yield self._held_out
+        finally:
+            self._held_out = saved
+
+    def _group_table(self) -> list[list]:
+        return json.loads(bytes(self.group_table.cpu().numpy().tobytes()).decode("utf-8"))
+
     # --- regions and attributes ----------------------------------------------------------------------------
 
-    def _frames(self, batch: Batch, *, dedupe: set | None = None) -> Iterable[tuple[int, int, R.Regions | None, dict]]:
-        """``(clip, time, regions, attributes)`` for every frame of the batch (None regions for padded frames)."""
+    def _frames(
+        self, batch: Batch, *, dedupe: set | None = None
+    ) -> Iterable[tuple[int, int, R.Regions | None, dict, tuple[str, int]]]:
+        """``(clip, time, regions, attributes, (video, frame index))`` for every frame of the batch (None regions
+        for padded frames)."""
         frames = batch.frames.float().cpu().numpy()
         valid = batch.valid.cpu().numpy()
         flow_all = batch.extras["flow"].float().cpu().numpy() if "flow" in batch.extras else None
@@ -208,18 +239,18 @@ class MotionDensity(AnomalyModel):
         index = batch.frame_index.cpu().numpy() if batch.frame_index is not None else None
         for i in range(frames.shape[0]):
             for j in range(frames.shape[2]):
+                key = (batch.video[i] if batch.video else "", int(index[i, j]) if index is not None else j)
                 if index is not None and index[i, j] < 0 or not valid[i, 0, j].any():
-                    yield i, j, None, {}
+                    yield i, j, None, {}, key
                     continue
                 if dedupe is not None:
-                    key = (batch.video[i] if batch.video else "", int(index[i, j]) if index is not None else j)
                     if key in dedupe:
                         continue
                     dedupe.add(key)
                 flow = flow_all[i, :, j] if flow_all is not None else np.zeros((2, *frames.shape[3:]), np.float32)
                 change = change_all[i, 0, j] if change_all is not None else None
                 regions, feats = self.regions_and_attributes(frames[i, :, j], flow, change)
-                yield i, j, regions, feats
+                yield i, j, regions, feats, key
 
     def regions_and_attributes(
         self, frame: np.ndarray, flow: np.ndarray, change: np.ndarray | None
@@ -275,23 +306,32 @@ class MotionDensity(AnomalyModel):
             return feats["appearance"]
         return np.concatenate([feats[a] for a in parts], axis=1).astype(np.float64)
 
-    def _raw(self, parts: tuple[str, ...], x: np.ndarray) -> np.ndarray:
-        """Raw score under one density (negative log-likelihood, or kNN distance for appearance), ``(N,)``."""
+    def _raw(self, parts: tuple[str, ...], x: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        """Raw score under one density (negative log-likelihood, or kNN distance for appearance), ``(N,)``;
+        ``groups`` ``(N,)``: score each sample without its leave-one-out group (-1: with everything)."""
         if parts == ("appearance",):
             bank = self.appearance_bank.numpy()
             key = (self.appearance_bank.data_ptr(), bank.shape)
             if getattr(self, "_bank_key", None) != key:  # squared norms of the bank, once per fitted/loaded bank
                 self._bank_key, self._bank_sq = key, (bank * bank).sum(axis=1)
-            return D.knn_distance(x, bank, k=self.knn_k, bank_sq=self._bank_sq)
+            if groups is None:
+                return D.knn_distance(x, bank, k=self.knn_k, bank_sq=self._bank_sq)
+            return D.knn_distance(x, bank, k=self.knn_k, bank_sq=self._bank_sq, exclude=groups,
+                                  bank_groups=self.appearance_bank_groups.numpy())
         key = "_".join(parts)
-        params = D.GaussianMixtureParams(*(getattr(self, f"{key}_{p}").numpy() for p in ("weights", "means", "covariances")))
-        return D.gmm_nll(x, params)
+        names = ("weights", "means", "covariances")
+        params = D.GaussianMixtureParams(*(getattr(self, f"{key}_{p}").numpy() for p in names))
+        if groups is None:
+            return D.gmm_nll(x, params)
+        held_out = D.GaussianMixtureParams(*(getattr(self, f"{key}_loo_{p}").numpy() for p in names))
+        return D.gmm_nll_by_group(x, groups, params, held_out)
 
-    def _score(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+    def _score(self, feats: dict[str, np.ndarray], groups: np.ndarray | None = None) -> np.ndarray:
         """Calibrated scores ``(N, A)`` of N regions under the A densities: ``(raw - low) / (high - low)``, clipped
-        at 0 (as normal as the most normal training region). Their sum is a region's score (AI-VAD Eq. 4)."""
+        at 0 (as normal as the most normal training region). Their sum is a region's score (AI-VAD Eq. 4).
+        ``groups`` ``(N,)``: each region's leave-one-out group (held-out scores of training regions)."""
         cal = self.calibration.numpy()
-        cols = [(self._raw(d, self._features(d, feats)) - cal[k, 0]) / (cal[k, 1] - cal[k, 0])
+        cols = [(self._raw(d, self._features(d, feats), groups) - cal[k, 0]) / (cal[k, 1] - cal[k, 0])
                 for k, d in enumerate(self.densities)]
         return np.maximum(np.stack(cols, axis=1), 0.0)
 
@@ -300,7 +340,7 @@ class MotionDensity(AnomalyModel):
         frame scored as it did (AI-VAD's interpretability)."""
         out = []
         names = [self._name(d) for d in self.densities]
-        for _, _, regions, feats in self._frames(batch):
+        for _, _, regions, feats, _ in self._frames(batch):
             if regions is None or len(regions) == 0:
                 out.append([])
                 continue
@@ -313,21 +353,21 @@ class MotionDensity(AnomalyModel):
         """Fit every density on the regions of normal clips, calibrate it leave-one-video-out, and set the floor
         (one pass; each frame once even when windows overlap)."""
         feats: dict[str, list[np.ndarray]] = defaultdict(list)
-        groups: list[str] = []
+        keys: list[tuple[str, int]] = []  # (video, frame index) of each fitted frame
         frame_of: list[int] = []  # which fitted frame each region belongs to
         n_frames, seen = 0, set()
         self.dropped = 0
         self.perspective_line = torch.zeros(0, dtype=torch.float64)  # velocities are gathered unscaled
         for batch in batches:
-            for i, _, regions, f in self._frames(batch, dedupe=seen):
+            for _, _, regions, f, key in self._frames(batch, dedupe=seen):
                 if regions is None:
                     continue
                 for a in ("geometry", *self.attributes):
                     feats[a].append(f[a])
-                groups += [batch.video[i] if batch.video else ""] * len(regions)
+                keys.append(key)
                 frame_of += [n_frames] * len(regions)
                 n_frames += 1
-        n = len(groups)
+        n = len(frame_of)
         if n < 2 * self.components:
             raise ValueError(f"motion_density found {n} moving regions in {n_frames} normal frames: too few to fit "
                              f"densities (lower flow_threshold/change_threshold/min_area, or give more footage)")
@@ -337,9 +377,11 @@ class MotionDensity(AnomalyModel):
             slope, intercept = np.polyfit(row, height, 1) if np.ptp(row) > 0 else (0.0, float(np.median(height)))
             self.perspective_line = torch.tensor([slope, intercept, float(np.median(height))], dtype=torch.float64)
             stacked["velocity"] = stacked["velocity"] * self._depth_scale(row)[:, None]
-        g = np.unique(np.asarray(groups), return_inverse=True)[1]
-        if g.max() == 0:  # one video: contiguous blocks, so a region never meets its own neighbouring frames
-            g = D.contiguous_groups(n_frames, self.folds)[np.asarray(frame_of)]
+        # Groups: each training video; one video is cut into contiguous blocks, so a region never meets its
+        # own neighbouring frames.
+        frame_group, table = D.frame_groups(keys, self.folds)
+        g = frame_group[np.asarray(frame_of)]
+        self.group_table = torch.frombuffer(bytearray(json.dumps(table).encode("utf-8")), dtype=torch.uint8).clone()
         rng = np.random.default_rng(self.seed)
         calibration, total = [], np.zeros(n)
         for parts in self.densities:
@@ -349,14 +391,19 @@ class MotionDensity(AnomalyModel):
                 scores = D.knn_distance(x, x[keep], k=self.knn_k, exclude=g, bank_groups=g[keep])
                 scores = np.where(np.isfinite(scores), scores, np.nan)  # a group holding the whole bank
                 self.appearance_bank = torch.from_numpy(np.ascontiguousarray(x[keep], dtype=np.float32))
+                self.appearance_bank_groups = torch.from_numpy(np.ascontiguousarray(g[keep], dtype=np.int64))
             else:
                 def fit(v: np.ndarray) -> D.GaussianMixtureParams:
                     return D.fit_gmm(v, components=self.components, seed=self.seed)
 
-                scores = D.leave_one_group_out(x, g, fit, D.gmm_nll)
+                held_out: list[D.GaussianMixtureParams] = []
+                scores = D.leave_one_group_out(x, g, fit, D.gmm_nll, fits=held_out)
                 params = fit(x)
+                loo = D.stack_mixtures(held_out or [params], self.components)
                 for p in ("weights", "means", "covariances"):
-                    setattr(self, f"{'_'.join(parts)}_{p}", torch.from_numpy(np.ascontiguousarray(getattr(params, p))))
+                    name = "_".join(parts)
+                    setattr(self, f"{name}_{p}", torch.from_numpy(np.ascontiguousarray(getattr(params, p))))
+                    setattr(self, f"{name}_loo_{p}", torch.from_numpy(np.ascontiguousarray(getattr(loo, p))))
             lo, hi = D.calibration_range(scores, q=self.calibration_percentile)
             calibration.append((lo, hi))
             total += np.nan_to_num(np.maximum((scores - lo) / (hi - lo), 0.0))
