@@ -119,7 +119,8 @@ def _calibrate(
         with model.held_out_training() if not k else contextlib.nullcontext(False) as held_out:
             raw = _raw_scores(detector, normal, config, progress, pixels)
         if held_out:
-            source = "training videos, each frame scored by the model fitted without its video (leave-one-out)"
+            source = ("training videos, each frame scored by the model fitted without its video (one video: without "
+                      "its block of frames), leave-one-out")
     pooled = np.concatenate(raw)
     n_invalid = int(np.isnan(pooled).sum())
     if n_invalid == pooled.size:
