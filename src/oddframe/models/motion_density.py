@@ -18,7 +18,9 @@ on Ped2 (their Table 3). This model keeps that recipe without a pretrained detec
   only a joint density of speed and size tells apart from a fast bicycle), fitted by scikit-learn and kept as
   parameters; the distance to the nearest normal descriptor for appearance (AI-VAD Eq. 3);
 - **calibration**: each attribute's score is mapped by the minimum and 99.9th percentile of the scores of
-  normal training regions, computed leave-one-video-out (AI-VAD's ``score_calibration.py``), then summed.
+  normal training regions, computed leave-one-video-out (AI-VAD's ``score_calibration.py``), then summed. The
+  leave-one-out mixtures and the video of each appearance bank row are kept, so ``oddframe calibrate`` scores the
+  training frames held out too (:meth:`MotionDensity.held_out_training`), never in-sample.
 
 The map paints each region's score on its pixels; elsewhere it holds the score of the least anomalous normal
 training frame, so a frame without moving regions scores as that frame, and with ``score.rule: max`` the frame
