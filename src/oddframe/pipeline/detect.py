@@ -29,7 +29,7 @@ import numpy as np
 from oddframe.data.inspect import frame_ranges
 from oddframe.data.layouts import Video, open_input
 from oddframe.data.sources import FrameRangeSource
-from oddframe.errors import Interrupted, OutputError
+from oddframe.errors import ConfigError, Interrupted, OutputError
 from oddframe.files import output_lock, safe_name, write_json
 from oddframe.pipeline.engine import FrameResult, detector_for, postprocess, stream_video, warn_conversions
 from oddframe.pipeline.outputs import (
@@ -183,6 +183,9 @@ def detect(
     t_start = time.perf_counter()
     if overwrite and resume:
         raise ValueError("choose one of overwrite (start again) and resume (continue)")
+    if start_frame < 0 or (stop_frame is not None and stop_frame <= start_frame):
+        raise ConfigError(f"no frames to score: --start-frame {start_frame}, --stop-frame {stop_frame} "
+                          "(need 0 <= start < stop)")
     out = Path(out)
     video = Path(video) if video is not None else None
     args = {"checkpoint": str(Path(run_dir).resolve()), "input": str(Path(input_path).resolve()),
