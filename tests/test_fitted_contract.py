@@ -210,5 +210,5 @@ def test_flow_measures_a_moving_square(method):
 def test_flow_rejects_bad_parameters_and_unknown_features():
     with pytest.raises(ValueError, match="dis, farneback"):
         OpticalFlow(method="lucas")
-    with pytest.raises(ValueError, match="known: flow"):
+    with pytest.raises(ValueError, match="known: background, diff, flow"):
         list(with_features([_frame(0, np.zeros((8, 8), np.uint8))], {"depth": {}}))

@@ -32,3 +32,10 @@ def test_one_source_is_one_normal_video_and_training_uses_the_range(tmp_path):
     api.train(config, tmp_path / "run", progress=False)
     cal = api.calibrate(tmp_path / "run", progress=False)
     assert cal["n_calib"] + cal["n_heldout"] == 24  # calibration reads the same 24 frames, not all 40
+
+
+def test_detect_refuses_an_empty_frame_range_naming_the_options(tmp_path):
+    from oddframe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--start-frame 10, --stop-frame 5"):
+        api.detect(tmp_path / "run", tmp_path / "cam.npy", tmp_path / "out", start_frame=10, stop_frame=5)

@@ -240,12 +240,14 @@ def detect(
     device: Optional[str] = typer.Option(None, help="cpu, cuda, mps (default: the best present)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the detection already in --out (and --video)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted detection in --out (same arguments)."),
+    start_frame: int = typer.Option(0, "--start-frame", min=0, help="First frame of each input video scored."),
+    stop_frame: Optional[int] = typer.Option(None, "--stop-frame", min=1, help="Frame where scoring stops (exclusive)."),
 ) -> None:
     """Score every frame (and pixel) of new footage with a trained model."""
     from oddframe import api
 
     s = api.detect(checkpoint, input_path, out, overrides=list(set_ or []), maps=maps, video=video, device=device,
-                   overwrite=overwrite, resume=resume)
+                   overwrite=overwrite, resume=resume, start_frame=start_frame, stop_frame=stop_frame)
     t = s.timing
     stages = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f}" for k, v in t.items()
                        if k.endswith("_s") and k not in ("wall_s", "render_s", "encode_s"))

@@ -1,5 +1,9 @@
 """Derived inputs computed once per frame in the stream, for the models that ask for them.
 
+Registered: ``flow`` (:mod:`.flow`, dense optical flow), ``diff`` and ``background`` (:mod:`.background`, frame
+difference and an OpenCV background model). :mod:`.regions` holds the pure functions that turn them into moving
+regions and region attributes.
+
 A model names what it needs in :meth:`~oddframe.models.base.AnomalyModel.derived_inputs` (``{"flow": {...}}``);
 the engine and the trainer wrap the frame stream in :func:`with_features`, which computes each derived input once
 per frame and attaches it to the frame (``TransformedFrame.features``); windows carry them to the model as
@@ -9,11 +13,13 @@ per frame and attaches it to the frame (``TransformedFrame.features``); windows 
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 
 from oddframe.data.loading import TransformedFrame
+from oddframe.features.background import BackgroundModel, FrameDifference
 from oddframe.features.flow import OpticalFlow
 
 
@@ -30,7 +36,11 @@ class FeatureExtractor(Protocol):
 
 
 #: Registered derived inputs: name -> constructor taking the model's keyword parameters for it.
-FEATURES: dict[str, Callable[..., FeatureExtractor]] = {"flow": OpticalFlow}
+FEATURES: dict[str, Callable[..., FeatureExtractor]] = {
+    "flow": OpticalFlow,
+    "diff": FrameDifference,
+    "background": BackgroundModel,
+}
 
 
 def make_extractors(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, FeatureExtractor]:
@@ -42,7 +52,10 @@ def make_extractors(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Feature
 
 
 def with_features(
-    frames: Iterable[TransformedFrame], specs: Mapping[str, Mapping[str, Any]]
+    frames: Iterable[TransformedFrame],
+    specs: Mapping[str, Mapping[str, Any]],
+    *,
+    timing: dict[str, float] | None = None,
 ) -> Iterator[TransformedFrame]:
     """Attach every requested derived input to each frame of one video's stream, computing each once per frame.
 
@@ -50,6 +63,7 @@ def with_features(
         frames: the transformed frames of ONE video, in order (extractors such as optical flow keep the previous
             frame, so a new video needs a new call).
         specs: ``{name: params}``, e.g. ``{"flow": {"method": "dis", "preset": "medium"}}``; empty = pass through.
+        timing: if given, seconds spent on each derived input are added to ``timing[name]``.
     """
     if not specs:
         yield from frames
@@ -57,5 +71,8 @@ def with_features(
     extractors = make_extractors(specs)
     for frame in frames:
         for name, extract in extractors.items():
+            t0 = time.perf_counter()
             frame.features[name] = extract(frame)
+            if timing is not None:
+                timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
         yield frame

@@ -18,14 +18,19 @@ Two optional extensions, both off by default so a plain autoencoder needs neithe
   :mod:`oddframe.features` (e.g. optical flow), with their parameters; the stream computes each once per frame
   and batches carry them in ``batch.extras``.
 
+A fitted model may also offer :meth:`AnomalyModel.held_out_training`: ``oddframe calibrate`` then scores the
+training frames as held out (each by the state fitted without its group), so thresholds and calibrated scores come
+from scores of footage the model did not fit.
+
 The trainer, detector, evaluator and CLI see nothing else. Frame scores come from maps in
 :mod:`oddframe.scoring`, so every scoring rule works with every model.
 """
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -76,6 +81,13 @@ class AnomalyModel(nn.Module, ABC):
         """Estimate fitted state from normal clips (one pass over ``batches``); models with ``fit_before_epoch``
         set implement it."""
         raise NotImplementedError(f"{self.model_name} has no fit step")
+
+    @contextlib.contextmanager
+    def held_out_training(self) -> Iterator[bool]:
+        """Inside, frames the model was fitted on score as if it had been fitted without them (leave-one-group-out),
+        for calibration on normal training frames; yields whether the model can (default: no, scores stay
+        in-sample and a threshold set on them is optimistic)."""
+        yield False
 
     def register_fitted(self, name: str, value: torch.Tensor) -> None:
         """Register a buffer of fitted state: saved with the weights, and free to change shape on fit and load."""

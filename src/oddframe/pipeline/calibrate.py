@@ -9,6 +9,7 @@ for the boxes of the anomaly video). Frames with too few valid pixels are left o
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,8 @@ def calibrate(
     """Set the alarm threshold of a run from scores of normal frames and store it in ``calibration.json``.
 
     Normal frames are the run's held-out training videos (``data.holdout_videos``) when it has some, else all its
-    training videos (whose scores are optimistic: the model has seen them). A part of them (``holdout_fraction``, in
+    training videos (whose scores are optimistic: the model has seen them, unless it scores them held out, see
+    :meth:`~oddframe.models.base.AnomalyModel.held_out_training`). A part of them (``holdout_fraction``, in
     contiguous blocks since neighbouring frames are correlated) is kept aside to report the false-positive rate of
     the threshold on normal frames that did not set it.
     """
@@ -114,7 +116,11 @@ def _calibrate(
         if not normal:
             raise ConfigError(f"{path}: no training videos to calibrate on")
         warn_conversions(normal, config)
-        raw = _raw_scores(detector, normal, config, progress, pixels)
+        with model.held_out_training() if not k else contextlib.nullcontext(False) as held_out:
+            raw = _raw_scores(detector, normal, config, progress, pixels)
+        if held_out:
+            source = ("training videos, each frame scored by the model fitted without its video (one video: without "
+                      "its block of frames), leave-one-out")
     pooled = np.concatenate(raw)
     n_invalid = int(np.isnan(pooled).sum())
     if n_invalid == pooled.size:

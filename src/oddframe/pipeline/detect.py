@@ -20,7 +20,7 @@ import os
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ import numpy as np
 
 from oddframe.data.inspect import frame_ranges
 from oddframe.data.layouts import Video, open_input
-from oddframe.errors import Interrupted, OutputError
+from oddframe.data.sources import FrameRangeSource
+from oddframe.errors import ConfigError, Interrupted, OutputError
 from oddframe.files import output_lock, safe_name, write_json
 from oddframe.pipeline.engine import detector_for, postprocess, stream_video, warn_conversions
 from oddframe.pipeline.outputs import (
@@ -155,6 +156,8 @@ def detect(
     device: str | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    start_frame: int = 0,
+    stop_frame: int | None = None,
 ) -> DetectSummary:
     """Score every frame of ``input_path`` (any source or dataset; a dataset's test split) with a trained run.
 
@@ -166,6 +169,9 @@ def detect(
     Args:
         overwrite: replace the outputs of an earlier detection in ``out`` (refused otherwise).
         resume: continue the interrupted detection in ``out`` (same run, input and options).
+        start_frame: first frame of each input video scored.
+        stop_frame: frame where scoring of each input video stops (excluded; None = its end). Frame
+            numbers in the outputs stay those of the whole video.
 
     Raises:
         OutputError: ``out`` (or ``video``) is being written by another process, holds a detection and neither
@@ -175,10 +181,14 @@ def detect(
     t_start = time.perf_counter()
     if overwrite and resume:
         raise ValueError("choose one of overwrite (start again) and resume (continue)")
+    if start_frame < 0 or (stop_frame is not None and stop_frame <= start_frame):
+        raise ConfigError(f"no frames to score: --start-frame {start_frame}, --stop-frame {stop_frame} "
+                          "(need 0 <= start < stop)")
     out = Path(out)
     video = Path(video) if video is not None else None
     args = {"checkpoint": str(Path(run_dir).resolve()), "input": str(Path(input_path).resolve()),
-            "overrides": list(overrides), "maps": maps, "video": str(video.resolve()) if video else None}
+            "overrides": list(overrides), "maps": maps, "video": str(video.resolve()) if video else None,
+            "start_frame": start_frame, "stop_frame": stop_frame}
     model, config = load_run(run_dir, overrides=overrides)  # a bad config or run is refused before out is touched
     with contextlib.ExitStack() as stack:
         stack.enter_context(output_lock(out, "oddframe detect"))
@@ -187,11 +197,13 @@ def detect(
         _claim_outputs(out, video, args, overwrite=overwrite, resume=resume)
         stop = stack.enter_context(StopRequest("detection"))
         return _detect(model, config, run_dir, input_path, out, video, args, maps=maps, progress=progress,
-                       device=device, resume=resume, stop=stop, t_start=t_start)
+                       device=device, resume=resume, stop=stop, t_start=t_start,
+                       frames=(start_frame, stop_frame))
 
 
 def _detect(model, config, run_dir, input_path, out: Path, video: Path | None, args: dict[str, Any], *, maps: bool,
-            progress: bool, device: str | None, resume: bool, stop: StopRequest, t_start: float) -> DetectSummary:
+            progress: bool, device: str | None, resume: bool, stop: StopRequest, t_start: float,
+            frames: tuple[int, int | None] = (0, None)) -> DetectSummary:
     from oddframe.render.video import AnomalyVideoWriter, BackgroundVideoWriter, partial_path
 
     calibration = read_calibration(run_dir)
@@ -199,6 +211,8 @@ def _detect(model, config, run_dir, input_path, out: Path, video: Path | None, a
     threshold = calibration.get("threshold") if calibration else None
     dataset = open_input(input_path)
     videos = dataset.test or dataset.train
+    if frames != (0, None):  # detect --start-frame/--stop-frame: labels and masks keep the video's numbering
+        videos = [replace(v, source=FrameRangeSource(v.source, start=frames[0], stop=frames[1])) for v in videos]
     warn_conversions(videos, config)
     detector = detector_for(model, config, device=device)
     write_json({"status": "running", "args": args}, out / RECORD)
