@@ -285,3 +285,15 @@ def test_respace_betas_rejects_steps_outside_the_process():
     for bad in ([], [-1, 3], [3, 10]):
         with pytest.raises(ValueError, match="subset of 0..9"):
             respace_betas(ab, bad)
+
+
+def test_training_timesteps_are_uniform_over_the_whole_chain_and_follow_the_generator():
+    # improved-diffusion's UniformSampler: t ~ U{0, ..., N - 1}; a respaced process samples its own N steps.
+    d = GaussianDiffusion(betas=beta_schedule("cosine", 10))
+    t = d.sample_timesteps(5000, device="cpu", generator=torch.Generator().manual_seed(0))
+    assert t.dtype == torch.int64 and t.shape == (5000,)
+    counts = torch.bincount(t, minlength=10)
+    assert counts.numel() == 10 and counts.min() > 400, counts  # every step, none out of range, about 500 each
+    again = d.sample_timesteps(5000, device="cpu", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(t, again)
+    assert int(d.respaced(4).sample_timesteps(1000, device="cpu").max()) == 3
