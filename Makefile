@@ -23,7 +23,7 @@ demo: setup
 	$(VENV)/bin/oddframe demo --out oddframe-demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # Mutation testing (docs/TESTING.md): needs the `mutation` extra. mutants/src must exist before the run, or
 # mutmut records no coverage.
