@@ -6,6 +6,7 @@
 >>> api.calibrate("runs/ped2")
 >>> metrics = api.evaluate("runs/ped2", "../shared/data/ped2", "runs/ped2/eval")
 >>> api.detect("runs/ped2", "video.mp4", "runs/ped2/detect", video="runs/ped2/detect/anomaly.mp4")
+>>> api.export("runs/ped2", int8=True)                                # then detect(..., backend="openvino")
 >>> api.bench(["configs/ped2_conv3d_ae.yaml", "configs/ped2_convlstm_ae.yaml"], "../shared/data/ped2", "bench/ped2")
 """
 
@@ -22,6 +23,7 @@ from oddframe.pipeline.bench import bench
 from oddframe.pipeline.detect import detect
 from oddframe.pipeline.calibrate import calibrate
 from oddframe.pipeline.evaluate import evaluate
+from oddframe.pipeline.export import export
 from oddframe.registry import build_model, list_models
 from oddframe.runs import load_run
 from oddframe.pipeline.train import train
@@ -34,6 +36,7 @@ __all__ = [
     "calibrate",
     "detect",
     "evaluate",
+    "export",
     "list_models",
     "load_config",
     "load_dataset",

@@ -179,17 +179,41 @@ def detect(
     maps: bool = typer.Option(False, "--maps", help="Also write the anomaly maps (maps/<video>.npy)."),
     video: Optional[Path] = typer.Option(None, "--video", help="Write an MP4: frame | anomaly heatmap with boxes."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, mps (default: the best present)."),
+    backend: str = typer.Option("torch", help="torch, or an exported model (oddframe export first): onnxruntime, "
+                                "openvino, onnxruntime-int8, openvino-int8."),
 ) -> None:
     """Score every frame (and pixel) of new footage with a trained model."""
     from oddframe import api
 
-    s = api.detect(checkpoint, input_path, out, overrides=list(set_ or []), maps=maps, video=video, device=device)
+    s = api.detect(checkpoint, input_path, out, overrides=list(set_ or []), maps=maps, video=video, device=device,
+                   backend=backend)
     t = s.timing
     out_console.print(
         f"scored {s.n_frames} frames of {s.n_videos} video(s) at {t['fps']:.1f} frames/s "
         f"(decode {t['decode_s']:.1f} s, model {t['model_s']:.1f} s, scoring {t['scoring_s']:.1f} s); "
         f"scores in {out / 'scores.csv'}"
     )
+
+
+@app.command()
+@_friendly
+def export(
+    run: Path = typer.Argument(..., help="Run folder of a trained model."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx: read by ONNX Runtime and OpenVINO)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write model.int8.onnx, quantised on normal clips."),
+    data: Optional[Path] = typer.Option(None, help="Normal footage for calibration and checks (default: the run's data.path)."),
+    calibration_clips: int = typer.Option(64, help="Normal clips that set the int8 activation ranges."),
+) -> None:
+    """Export a trained model for fast CPU inference (needs pip install 'oddframe[onnx]'); detect --backend uses it."""
+    from oddframe import api
+
+    s = api.export(run, fmt=fmt, int8=int8, data=data, calibration_clips=calibration_clips)
+    out_console.print(f"wrote {', '.join(str(f) for f in s.files)} in {s.seconds:.1f} s; agreement with PyTorch:")
+    for name, r in s.agreement.items():
+        verdict = "ok" if r["within_tolerance"] else "BEYOND TOLERANCE: prefer another backend"
+        out_console.print(f"  --backend {name}: max map difference {r['max_map_diff']:.2e}, frame scores within "
+                          f"{100 * r['max_score_diff_rel']:.2f} % of their range (corr {r['score_corr']:.5f}) {verdict}",
+                          highlight=False)
 
 
 @app.command(name="eval")

@@ -21,3 +21,7 @@ class ConfigError(OddframeError):
 
 class CheckpointError(OddframeError):
     """A run folder or checkpoint is missing, incomplete or unsafe."""
+
+
+class BackendError(OddframeError):
+    """An exported-inference backend is not installed, or a model cannot be exported."""

@@ -159,6 +159,8 @@ class Conv3dAE(ReconstructionModel):
         # Edge replication rather than zeros: a constant border would be an edge the model must reconstruct.
         pad = (0, -w % SPACE_STRIDE, 0, -h % SPACE_STRIDE, 0, -t % TIME_STRIDE)
         x = F.pad(frames, pad, mode="replicate") if any(pad) else frames
-        if x.is_cpu:  # the input in the weights' channels-last layout, or oneDNN falls back to its slow path
+        # The input in the weights' channels-last layout, or oneDNN falls back to its slow path (not when traced for
+        # export: ONNX has no memory formats, its runtimes choose their own layouts).
+        if x.is_cpu and not torch.jit.is_tracing():
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.decoder(self.encoder(x))[:, :, :t, :h, :w]

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from oddframe.backends import open_backend
 from oddframe.data.layouts import open_input
 from oddframe.files import safe_name
 from oddframe.pipeline.engine import detector_for, postprocess, stream_video
 from oddframe.pipeline.outputs import NpyWriter, display_frame, render_kwargs, resize_map, video_fps, write_scores_csv
 from oddframe.progress import progress_bar
-from oddframe.runs import load_run, read_calibration
+from oddframe.runs import WEIGHTS, load_run, read_calibration
 
 
 @dataclass
@@ -41,12 +42,14 @@ def detect(
     video: str | Path | None = None,
     progress: bool = True,
     device: str | None = None,
+    backend: str = "torch",
 ) -> DetectSummary:
     """Score every frame of ``input_path`` (any source or dataset; a dataset's test split) with a trained run.
 
     Writes ``scores.csv`` (video, frame, time, score, flagged), with ``maps=True`` the anomaly maps as
     ``maps/<video>.npy`` (float16, ``(T, H, W)`` at model resolution), and with ``video`` an MP4 of the frames
-    beside their anomaly heatmaps.
+    beside their anomaly heatmaps. ``backend`` runs the map with PyTorch or an exported runtime
+    (:data:`oddframe.backends.BACKENDS`; ``oddframe export`` first).
     """
     from oddframe.render.video import AnomalyVideoWriter
 
@@ -56,7 +59,9 @@ def detect(
     videos = dataset.test or dataset.train
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    detector = detector_for(model, config, device=device)
+    shape = (config.data.channels, config.data.clip_length, *config.data.size)
+    runner = open_backend(backend, run_dir, clip_shape=shape, weights=Path(run_dir) / WEIGHTS)
+    detector = detector_for(model, config, device=device, backend=runner)
     threshold = calibration.get("threshold") if calibration else None
     writer = None
     if video is not None:

@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torch
 from oddframe.config import Config
 from oddframe.data.clips import Clip, collate
 from oddframe.data.layouts import Video
-from oddframe.data.loading import TransformedFrame, iter_frames
+from oddframe.data.loading import TransformedFrame, iter_frames, prefetched
 from oddframe.data.transforms import frame_transform
 from oddframe.errors import CheckpointError
 from oddframe.features import with_features
@@ -56,7 +56,8 @@ class FrameResult:
 
 @dataclass
 class Timing:
-    """Where detection time goes, in seconds."""
+    """Where detection time goes, in seconds (``decode``: time spent waiting for the next frame, i.e. decoding and
+    transforming not hidden behind the model by the prefetching thread)."""
 
     decode: float = 0.0
     model: float = 0.0
@@ -104,6 +105,8 @@ class Detector:
         aggregate: ``"max"`` or ``"mean"`` over the windows covering a frame.
         rule: frame scoring rule of :func:`oddframe.scoring.frame_scores`.
         device: where the model runs (default: :func:`default_device`).
+        backend: an exported runner of the same map (:mod:`oddframe.backends`: anything with
+            ``anomaly_map(batch) -> (B, T, H, W)``) called instead of the model; it runs on the CPU.
     """
 
     def __init__(
@@ -116,9 +119,13 @@ class Detector:
         aggregate: str = "max",
         rule: str = "mse",
         device: torch.device | str | None = None,
+        backend: Any = None,
     ) -> None:
         if aggregate not in ("max", "mean"):
             raise ValueError(f"aggregate must be 'max' or 'mean', got {aggregate!r}")
+        self.backend = backend
+        if backend is not None:
+            device = "cpu"  # exported runtimes take CPU arrays
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.clip_length = clip_length
@@ -190,7 +197,8 @@ class Detector:
         batch = collate(clips, self.clip_length).to(self.device)
         t0 = time.perf_counter()
         with torch.inference_mode(), self._autocast():
-            maps = self.model.anomaly_map(batch).float()
+            runner = self.model if self.backend is None else self.backend
+            maps = runner.anomaly_map(batch).float()
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # honest timing: kernels run asynchronously
         self.timing.model += time.perf_counter() - t0
@@ -212,8 +220,10 @@ class Detector:
 # --- From a run's config to a detector and a scored stream ---------------------------------------------------
 
 
-def detector_for(model: AnomalyModel, config: Config, *, device: torch.device | str | None = None) -> Detector:
-    """A :class:`Detector` set up from the run's data and score sections."""
+def detector_for(
+    model: AnomalyModel, config: Config, *, device: torch.device | str | None = None, backend: Any = None
+) -> Detector:
+    """A :class:`Detector` set up from the run's data and score sections (``backend``: see :class:`Detector`)."""
     return Detector(
         model,
         clip_length=config.data.clip_length,
@@ -222,6 +232,7 @@ def detector_for(model: AnomalyModel, config: Config, *, device: torch.device | 
         aggregate=config.score.aggregate,
         rule=config.score.rule,
         device=device,
+        backend=backend,
     )
 
 
@@ -234,7 +245,8 @@ def stream_video(detector: Detector, video: Video, config: Config, *, keep_raw: 
         sample_interval_sec=config.data.sample_interval_sec,
         keep_raw=keep_raw,
     )
-    return detector.run(with_features(frames, detector.model.derived_inputs()), video.name)
+    # Decoding, transforms and derived inputs run in a background thread, overlapping the model.
+    return detector.run(prefetched(with_features(frames, detector.model.derived_inputs())), video.name)
 
 
 def postprocess(scores: np.ndarray, config: Config, reference: dict[str, float] | None = None) -> np.ndarray:
