@@ -9,6 +9,7 @@ the numbers are on the Ped2 development split (test videos 01-06), not full Ped2
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from oddframe import api
+from oddframe.metrics import summarise
 
 
 def main() -> None:
@@ -52,8 +54,26 @@ def main() -> None:
         "timing": metrics["timing"],
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}",
     }
+    members = member_metrics(out / "eval" / "scores.csv")
+    if members:  # a fused run: each member's AUROC on the same frames, from its calibrated score column
+        summary["members"] = members
     print(json.dumps(summary, indent=2))
     (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
+
+
+def member_metrics(path: Path) -> dict[str, dict]:
+    """Frame AUROC of each ``member:<name>`` column of a fused run's scores.csv (empty for other runs)."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = [k for k in (rows[0] if rows else {}) if k.startswith("member:")]
+    videos = list(dict.fromkeys(r["video"] for r in rows))
+    labels = [[int(r["label"]) for r in rows if r["video"] == v] for v in videos]
+    out = {}
+    for name in names:
+        scores = [[float(r[name]) for r in rows if r["video"] == v] for v in videos]
+        m = summarise(labels, scores)
+        out[name.removeprefix("member:")] = {k: m[k] for k in ("frame_auroc_micro", "frame_auroc_macro", "frame_ap")}
+    return out
 
 
 if __name__ == "__main__":

@@ -166,3 +166,12 @@ def test_dataloader_workers_draw_different_augmentations() -> None:
     items = list(loader)  # items 0 and 2 come from worker 0, items 1 and 3 from worker 1
     assert not torch.equal(items[0], items[1])
     assert not torch.equal(items[0], items[2])
+
+
+def test_derived_inputs_survive_brightness_and_refuse_geometric_transforms():
+    frames = torch.zeros(1, 2, 8, 8)
+    clip = Clip(frames, torch.ones(1, 2, 8, 8, dtype=torch.bool), "v", torch.arange(2), {"flow": torch.ones(2, 2, 8, 8)})
+    out = ClipAugment(brightness=0.5, seed=0)(clip)
+    assert torch.equal(out.extras["flow"], clip.extras["flow"]), "flow is unchanged by a brightness shift"
+    with pytest.raises(ValueError, match="brightness augmentation only"):
+        ClipAugment(hflip=1.0, seed=0)(clip)

@@ -224,3 +224,64 @@ def test_the_loss_averages_each_clip_over_its_own_masked_pixels():
     out[1, 0, 0] = 1.0  # error 1 on each of clip 1's 4 masked pixels
     loss = d.training_loss(lambda x, t, c: out, x0, torch.zeros(2, dtype=torch.long), mask=mask, valid=valid)
     assert float(loss) == pytest.approx((4.0 + 1.0) / 2)
+
+
+# --------------------------------------------------------------- masking and respacing edges (mutmut survivors)
+def test_masks_are_boolean_and_need_two_frames():
+    from oddframe.diffusion import leave_one_out, random_mask, selective_anchors, single_frame
+
+    assert single_frame(2, index=-2).tolist() == [[True, False]]  # the most negative index is allowed
+    assert leave_one_out(2).dtype == torch.bool and single_frame(2, index=0).dtype == torch.bool
+    for make in (lambda: single_frame(1, index=0), lambda: leave_one_out(1), lambda: random_mask(2, 1, max_masked=1)):
+        with pytest.raises(ValueError, match="at least 2 frame"):
+            make()
+    with pytest.raises(ValueError, match="index"):
+        single_frame(4, index=-5)
+    assert selective_anchors(3, spacing=1, run=1).shape == (1, 3)  # spacing and run of 1 are allowed
+    for spacing, run in ((0, 1), (1, 0)):
+        with pytest.raises(ValueError, match="spacing and run"):
+            selective_anchors(10, spacing=spacing, run=run)
+    # 30 frames: exactly the paper's anchors and no extra run beyond the last.
+    hidden = selective_anchors(30)[0]
+    assert [i for i in range(30) if not hidden[i]] == [0, 1, 9, 10, 19, 20, 28, 29]
+
+
+def test_random_masks_follow_the_generator_and_the_frame_limit():
+    from oddframe.diffusion import random_mask
+
+    a = random_mask(64, 5, max_masked=10, uncondition_rate=0.3, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(0)
+    b = random_mask(64, 5, max_masked=10, uncondition_rate=0.3, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(1)
+    c = random_mask(64, 5, max_masked=10, uncondition_rate=0.3, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and torch.equal(a, c), "only the generator decides (not the global RNG)"
+    conditional = random_mask(500, 5, max_masked=10, generator=torch.Generator().manual_seed(0))
+    assert conditional.sum(dim=1).max() == 4, "up to T - 1 frames masked, so one is always given"
+    assert not random_mask(50, 4, max_masked=2, uncondition_rate=0.0).all(dim=1).any()
+    assert random_mask(50, 4, max_masked=2, uncondition_rate=1.0).all()
+
+
+def test_space_timesteps_section_sizes_and_full_ddim():
+    assert space_timesteps(10, "ddim10") == set(range(10))  # every step
+    assert space_timesteps(10, "ddim5") == {0, 2, 4, 6, 8}
+    with pytest.raises(ValueError, match="exactly"):
+        space_timesteps(10, "ddim7")
+    # 11 steps in 2 sections: the first gets the extra step (6 + 5); one step from each starts the section.
+    assert sorted(space_timesteps(11, [1, 1])) == [0, 6]
+    assert sorted(space_timesteps(11, [6, 5])) == list(range(11))
+    assert sorted(space_timesteps(10, 1)) == [0]
+    with pytest.raises(ValueError, match="positive"):
+        space_timesteps(10, [0, 2])
+    with pytest.raises(ValueError, match="cannot divide"):
+        space_timesteps(10, [6, 5])  # sections of 5 cannot hold 6
+
+
+def test_respace_betas_rejects_steps_outside_the_process():
+    from oddframe.diffusion import respace_betas
+
+    ab = np.cumprod(1 - beta_schedule("cosine", 10))
+    betas, index = respace_betas(ab, [9, 0])
+    assert index.tolist() == [0, 9]
+    for bad in ([], [-1, 3], [3, 10]):
+        with pytest.raises(ValueError, match="subset of 0..9"):
+            respace_betas(ab, bad)

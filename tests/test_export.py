@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -68,13 +69,16 @@ def test_detect_refuses_missing_stale_or_misshapen_exports(synthetic_run, tmp_pa
     api.export(run)  # fp32 only: the int8 file of an earlier export is not this export's
     with pytest.raises(CheckpointError, match="export .* --int8"):
         api.detect(run, data, tmp_path / "a", progress=False, backend="onnxruntime-int8")
-    with pytest.raises(CheckpointError, match=r"exported for clips \(1, 8, 32, 32\)"):
-        api.detect(run, data, tmp_path / "b", progress=False, backend="onnxruntime", overrides=["data.size=[64,64]"])
     copy = tmp_path / "copy"
     copy.mkdir()
     for f in run.iterdir():
         if f.is_file():
             (copy / f.name).write_bytes(f.read_bytes())
+    info = json.loads((copy / backends.EXPORT_JSON).read_text())
+    (copy / backends.EXPORT_JSON).write_text(json.dumps({**info, "clip_shape": [1, 8, 64, 64]}))
+    with pytest.raises(CheckpointError, match=r"exported for clips \(1, 8, 64, 64\)"):
+        api.detect(copy, data, tmp_path / "b", progress=False, backend="onnxruntime")
+    (copy / backends.EXPORT_JSON).write_text(json.dumps(info))
     model = build_model("conv3d_ae", width=0.25, image_size=(32, 32), clip_length=8)
     from oddframe.runs import WEIGHTS, save_weights
 
@@ -137,3 +141,31 @@ def test_export_of_a_sampler_run_is_refused_in_one_line(tmp_path):
     save_weights(build_model("st_diffusion", **cfg.model_kwargs()), run / "model.safetensors")
     r = CliRunner().invoke(app, ["export", str(run)])
     assert r.exit_code == 2 and "sampler" in r.output and "--backend torch" in r.output
+
+
+def test_an_interrupted_exported_detection_resumes_with_the_same_backend_only(synthetic_run, tmp_path, monkeypatch):
+    from oddframe.errors import OutputError
+    from oddframe.pipeline import detect as detect_module
+
+    run, data = synthetic_run
+    api.export(run)
+    api.detect(run, data, tmp_path / "ref", progress=False, backend="onnxruntime")
+    reference = _scores(tmp_path / "ref" / "scores.csv")
+    real = detect_module.stream_video
+
+    def breaks_after_5(*args, **kwargs):  # a crash part-way through the first video
+        for i, r in enumerate(real(*args, **kwargs)):
+            if i == 5:
+                raise RuntimeError("power cut")
+            yield r
+
+    monkeypatch.setattr(detect_module, "stream_video", breaks_after_5)
+    with pytest.raises(RuntimeError, match="power cut"):
+        api.detect(run, data, tmp_path / "det", progress=False, backend="onnxruntime")
+    monkeypatch.setattr(detect_module, "stream_video", real)
+    assert len(_scores(tmp_path / "det" / "scores.csv")) == 5
+    with pytest.raises(OutputError, match="backend: 'onnxruntime' then, 'torch' now"):
+        api.detect(run, data, tmp_path / "det", progress=False, resume=True)
+    s = api.detect(run, data, tmp_path / "det", progress=False, backend="onnxruntime", resume=True)
+    assert s.resumed_after == 5
+    np.testing.assert_allclose(_scores(tmp_path / "det" / "scores.csv"), reference, rtol=1e-5, atol=1e-7)

@@ -1,4 +1,5 @@
-"""``inspect_path``: counts from written datasets, single sources, problems, no decoding, readable table."""
+"""``inspect_path``: counts from written datasets, single sources, problems, frame checks (or none with
+``decode=False``), readable table."""
 
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ def test_synthetic_round_trip(tmp_path: Path, anomaly: str, fmt: str) -> None:
     report = inspect_path(tmp_path / "syn")
     assert {k: report[k] for k in SUMMARY_KEYS} == {k: written[k] for k in SUMMARY_KEYS}
     assert report["n_test_frames"] == 24 and report["n_anomalous_frames"] > 0
-    assert report["problems"] == []
+    # The anomalies themselves are what the frame checks find: a zeroed frame is blank, a frozen one a duplicate.
+    kind = {"zeroed": "blank frames", "frozen": "identical to an earlier frame"}[anomaly]
+    assert report["problems"] and all(kind in p and p.startswith("test video") for p in report["problems"])
+    assert inspect_path(tmp_path / "syn", decode=False)["problems"] == []
     assert [(v["split"], v["name"]) for v in report["videos"]][:4] == [
         ("train", "01"), ("train", "02"), ("train", "03"), ("test", "01")
     ]
@@ -78,14 +82,14 @@ def test_counts_without_decoding_videos(tmp_path: Path, monkeypatch: pytest.Monk
 
     # Opening a video decodes its first frame only; iterating it (decoding all of it) must not happen.
     monkeypatch.setattr(VideoSource, "__iter__", no_decoding)
-    report = inspect_path(root)
+    report = inspect_path(root, decode=False)
     assert report["layout"] == "avenue"
     assert (report["n_train_frames"], report["n_test_frames"], report["n_anomalous_frames"]) == (5, 10, 3)
     assert report["fps"] == 25 and report["resolution"] == [32, 48]
 
 
 def test_ped2_inspect(shared_data: Path) -> None:
-    report = inspect_path(shared_data / "ped2")
+    report = inspect_path(shared_data / "ped2", decode=False)  # decoding 3570 frames is the fault suite's job
     assert report["layout"] == "ucsd_redistributed"
     assert (report["n_train_videos"], report["n_train_frames"]) == (16, 2550)
     assert (report["n_test_videos"], report["n_test_frames"]) == (6, 1020)

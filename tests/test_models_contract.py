@@ -20,8 +20,24 @@ TINY: dict[str, dict] = {
         "image_size": (16, 16), "clip_length": 4, "base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1,
         "attention_resolutions": (2,), "num_heads": 2, "diffusion_steps": 100, "sampling_steps": 4,
     },
+    "mamba_diffusion": {
+        "image_size": (16, 16), "clip_length": 4, "base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1,
+        "attention_resolutions": (2,), "d_state": 4, "diffusion_steps": 100, "sampling_steps": 4,
+    },
+    "graph_oneclass": {
+        "motion": "none", "widths": (4, 8), "convs_per_stage": (1, 1), "embed_dim": 8, "heads": 2, "hidden": 4,
+        "out_dim": 4, "k": 3,
+    },
 }
-SHAPES = {"conv3d_ae": (2, 1, 8, 32, 32), "convlstm_ae": (2, 1, 4, 64, 64), "st_diffusion": (2, 1, 4, 16, 16)}
+# A fusion's members are run configs; at the level of one batch they share its clip length and size.
+TINY["fusion"] = {
+    "members": [
+        {"data": {"size": [32, 32], "clip_length": 4}, "model": {"name": name, "params": TINY[name]}}
+        for name in ("conv3d_ae", "graph_oneclass")
+    ],
+}
+SHAPES = {"conv3d_ae": (2, 1, 8, 32, 32), "convlstm_ae": (2, 1, 4, 64, 64), "st_diffusion": (2, 1, 4, 16, 16),
+          "mamba_diffusion": (2, 1, 4, 16, 16)}
 
 
 def test_every_model_has_a_tiny_config():

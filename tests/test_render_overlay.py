@@ -11,13 +11,13 @@ from oddframe.render.overlay import (
     BOX_COLOURS,
     Box,
     colorize,
-    compose_panel,
     draw_boxes,
     draw_outline,
     find_boxes,
     frame_to_rgb,
     unit_loss,
 )
+from oddframe.render.panel import compose_panel
 
 RED, LIGHT_BLUE = np.array(BOX_COLOURS["low"]), np.array(BOX_COLOURS["high"])
 

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from oddframe.render.overlay import compose_panel
+from oddframe.render.panel import compose_panel
 from oddframe.render.video import AnomalyVideoWriter, pick_codec, write_side_by_side
 
 

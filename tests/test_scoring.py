@@ -35,11 +35,19 @@ def test_mse_l1_max_match_hand_computation(errors: np.ndarray) -> None:
     np.testing.assert_allclose(frame_scores(maps, rule="max"), (errors**2).max(axis=(1, 2)))
 
 
-@pytest.mark.parametrize("rule", [r for r in RULES if r != "blob"])
+@pytest.mark.parametrize("rule", [r for r in RULES if r not in ("blob", "ssim")])
 def test_map_power_one_and_two_give_the_same_scores(errors: np.ndarray, rule: str) -> None:
     squared = frame_scores(errors**2, rule=rule, map_power=2)
     absolute = frame_scores(np.abs(errors), rule=rule, map_power=1)
     np.testing.assert_allclose(squared, absolute, rtol=1e-10)
+
+
+def test_ssim_rule_is_the_mean_dissimilarity_whatever_the_map_power() -> None:
+    """``ssim`` maps are ``1 - SSIM`` (tests/test_ssim.py), not ``|e| ** p``: the score is their mean over valid pixels."""
+    maps = np.array([[[0.2, 0.4], [0.6, 1.8]]])
+    valid = np.array([[[True, True], [True, False]]])
+    for power in (1, 2):
+        np.testing.assert_allclose(frame_scores(maps, valid, rule="ssim", map_power=power), [0.4])
 
 
 def test_psnr_is_negative_psnr_with_max_two() -> None:

@@ -26,7 +26,7 @@ from oddframe.pipeline.evaluate import evaluate
 from oddframe.pipeline.export import export
 from oddframe.registry import build_model, list_models
 from oddframe.runs import load_run
-from oddframe.pipeline.train import train
+from oddframe.pipeline.train import fuse, train
 
 __all__ = [
     "Config",
@@ -37,6 +37,7 @@ __all__ = [
     "detect",
     "evaluate",
     "export",
+    "fuse",
     "list_models",
     "load_config",
     "load_dataset",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -17,15 +18,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from oddframe.errors import OddframeError
+from oddframe.errors import Interrupted, OddframeError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Find what is unusual in video and image sequences without labelled anomalies.",
 )
-console = Console(stderr=True)
-out_console = Console()
+# soft_wrap: messages are never cut into lines (a path or an --set value must stay whole); tables still fit the width.
+console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
 
 SET_HELP = "Override a config value, e.g. --set train.epochs=5 (repeatable)."
 
@@ -35,16 +37,31 @@ def _friendly(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        previous = warnings.showwarning
+        warnings.showwarning = _show_warning
         try:
             return fn(*args, **kwargs)
+        except Interrupted as exc:  # stopped by a signal after saving: say what was written, exit 128 + signal
+            console.print(f"stopped: {exc}", style="bold yellow", markup=False, highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("interrupted", style="bold yellow", markup=False, highlight=False)
+            raise typer.Exit(130) from None
         except OddframeError as exc:
             console.print(f"error: {exc}", style="bold red", markup=False, highlight=False)
             raise typer.Exit(2) from None
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"error: {exc}", style="bold red", markup=False, highlight=False)
             raise typer.Exit(2) from None
+        finally:
+            warnings.showwarning = previous
 
     return wrapper
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one readable line ("warning: ..."), not Python's file:line and source echo."""
+    console.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
 
 
 def _metrics_table(metrics: dict, title: str) -> Table:
@@ -87,11 +104,16 @@ def synth(
 def inspect(
     path: Path = typer.Argument(..., help="A dataset folder, a video, an image folder, FITS files or an array."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    quick: bool = typer.Option(False, "--quick", help="Do not decode every frame (no frame checks, no short videos)."),
 ) -> None:
-    """Show what oddframe reads at PATH: layout or source type, videos, frames, labels, masks, problems."""
+    """Show what oddframe reads at PATH: layout or source type, videos, frames, labels, masks, problems.
+
+    Every frame is decoded to find blank, constant, all-NaN and duplicated frames and videos shorter than their
+    header says; --quick skips that.
+    """
     from oddframe.data.inspect import format_inspect, inspect_path
 
-    info = inspect_path(path)
+    info = inspect_path(path, decode=not quick, progress=True)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
     else:
@@ -135,18 +157,55 @@ def train(
 
     overrides = list(set_ or [])
     overrides += [f"train.{k}={v}" for k, v in (("devices", devices), ("num_nodes", num_nodes), ("precision", precision)) if v]
+    if resume and config is None and (out / "config.yaml").is_file():
+        config = out / "config.yaml"  # resuming: the run's own config, not the built-in defaults
     cfg = api.load_config(config, overrides)
     result = api.train(cfg, out, resume=resume)
-    if result.fitted_only:
+    if result.already_finished:
+        out_console.print(
+            f"{out} already finished all {result.epochs} epochs (final loss {result.final_loss:.5g}); nothing to "
+            "resume (to train longer, start a new run with a larger train.epochs)"
+        )
+        if (out / "calibration.json").is_file() or not calibrate_after:
+            return
+    elif result.fitted_only:
         out_console.print(
             f"fitted {cfg.model.name} on the normal training footage in {result.seconds:.1f} s "
             f"({result.train_frames_per_second:.0f} frames/s); run in {out}"
         )
     else:
+        resumed = (f" (epochs {result.first_epoch + 1}-{result.epochs} of {result.epochs}, resumed after epoch "
+                   f"{result.first_epoch})" if result.first_epoch else "")
         out_console.print(
-            f"trained {cfg.model.name} for {result.epochs} epochs in {result.seconds:.1f} s "
+            f"trained {cfg.model.name} for {result.epochs_run} epoch(s){resumed} in {result.seconds:.1f} s "
             f"({result.train_frames_per_second:.0f} frames/s), final loss {result.final_loss:.5g}; run in {out}"
         )
+    if calibrate_after:
+        cal = api.calibrate(out)
+        out_console.print(
+            f"threshold {cal['threshold']:.5g} ({cal['method']}); false-positive rate on held-out normal frames "
+            f"{cal['heldout_fpr']:.3f}"
+        )
+
+
+@app.command()
+@_friendly
+def fuse(
+    members: List[Path] = typer.Argument(..., metavar="RUN...", help="Trained run folders to combine."),
+    out: Path = typer.Option(..., "--out", help="Fused run folder to write."),
+    rule: str = typer.Option("sum", help="sum, max or weighted (of the members' calibrated scores and maps)."),
+    weights: Optional[str] = typer.Option(None, help="Comma-separated member weights for --rule weighted."),
+    data: Optional[Path] = typer.Option(None, help="Normal footage to calibrate members on (default: the first's)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    calibrate_after: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Set the threshold after fusing."),
+) -> None:
+    """Combine trained runs into one fused run (each member calibrated on normal training frames)."""
+    from oddframe import api
+
+    w = [float(x) for x in weights.split(",")] if weights else None
+    result = api.fuse([str(m) for m in members], out, rule=rule, weights=w, data=None if data is None else str(data),
+                      overrides=list(set_ or []))
+    out_console.print(f"fused {len(members)} runs ({rule}) in {result.seconds:.1f} s; run in {out}")
     if calibrate_after:
         cal = api.calibrate(out)
         out_console.print(
@@ -179,6 +238,8 @@ def detect(
     maps: bool = typer.Option(False, "--maps", help="Also write the anomaly maps (maps/<video>.npy)."),
     video: Optional[Path] = typer.Option(None, "--video", help="Write an MP4: frame | anomaly heatmap with boxes."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, mps (default: the best present)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the detection already in --out (and --video)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted detection in --out (same arguments)."),
     backend: str = typer.Option("torch", help="torch, or an exported model (oddframe export first): onnxruntime, "
                                 "openvino, onnxruntime-int8, openvino-int8."),
 ) -> None:
@@ -186,13 +247,20 @@ def detect(
     from oddframe import api
 
     s = api.detect(checkpoint, input_path, out, overrides=list(set_ or []), maps=maps, video=video, device=device,
-                   backend=backend)
+                   overwrite=overwrite, resume=resume, backend=backend)
     t = s.timing
-    out_console.print(
-        f"scored {s.n_frames} frames of {s.n_videos} video(s) at {t['fps']:.1f} frames/s "
-        f"(decode {t['decode_s']:.1f} s, model {t['model_s']:.1f} s, scoring {t['scoring_s']:.1f} s); "
-        f"scores in {out / 'scores.csv'}"
-    )
+    stages = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f}" for k, v in t.items()
+                       if k.endswith("_s") and k not in ("wall_s", "render_s", "encode_s"))
+    resumed = f" (continuing after frame {s.resumed_after})" if s.resumed_after else ""
+    flagged = f"; {s.n_flagged} flagged" if s.threshold is not None else ""
+    invalid = f"; {s.n_invalid} without a score (too few valid pixels)" if s.n_invalid else ""
+    out_console.print(f"scored {s.n_frames} frames of {s.n_videos} video(s){resumed} at {t['fps']:.1f} frames/s"
+                      f"{flagged}{invalid}", highlight=False)
+    line = f"time {t['wall_s']:.1f} s = {stages} s"
+    if "render_s" in t:
+        line += f"; in the video writer's thread, in parallel: render {t['render_s']:.1f} s, encode {t['encode_s']:.1f} s"
+    out_console.print(line, highlight=False)
+    out_console.print("written: " + ", ".join(str(p) for p in s.files), highlight=False)
 
 
 @app.command()
@@ -226,11 +294,13 @@ def eval_(
     video: bool = typer.Option(False, "--video", help="Also write anomaly.mp4 of the test videos."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, mps (default: the best present)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the evaluation already in --out."),
 ) -> None:
     """Measure a trained model against ground truth (frame AUROC micro/macro, AP, EER, pixel AUROC)."""
     from oddframe import api
 
-    metrics = api.evaluate(checkpoint, data, out, overrides=list(set_ or []), video=video, device=device)
+    metrics = api.evaluate(checkpoint, data, out, overrides=list(set_ or []), video=video, device=device,
+                           overwrite=overwrite)
     if as_json:
         sys.stdout.write(json.dumps(metrics, indent=2, default=str) + "\n")
     else:
@@ -362,7 +432,8 @@ def fetch_sdo(
     cadence: float = typer.Option(60.0, help="Seconds between images."),
     max_conn: int = typer.Option(4, help="Parallel downloads."),
 ) -> None:
-    """Download SDO images through SunPy's Fido (needs: pip install 'oddframe[sdo]')."""
+    # "\\[" keeps Rich (Typer's help renderer) from reading "[sdo]" as a markup tag and dropping it.
+    """Download SDO images through SunPy's Fido (needs: pip install 'oddframe\\[sdo]')."""
     from oddframe.curation.fetch import fetch_sdo as run_fetch
 
     result = run_fetch(out, instrument=instrument, wavelength=wavelength, start=start, end=end, cadence=cadence,

@@ -65,5 +65,5 @@ def run_demo(
     train(config, run, progress=progress)
     calibrate(run, progress=progress)
     report_dir = out / "report"
-    metrics = evaluate(run, data, report_dir, video=True, progress=progress, labelled_panels=8)
+    metrics = evaluate(run, data, report_dir, video=True, progress=progress, labelled_panels=8, overwrite=True)
     return {"metrics": metrics, "report": report_dir / "report.html", "seconds": time.perf_counter() - t0}

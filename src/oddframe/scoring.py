@@ -18,7 +18,7 @@ from einops import rearrange
 from scipy import ndimage
 
 #: Frame scoring rules of :func:`frame_scores`.
-RULES = ("mse", "l1", "psnr", "max", "topk", "blob")
+RULES = ("mse", "l1", "psnr", "max", "topk", "blob", "ssim")
 #: Score normalisations of :func:`normalise_scores`.
 NORMALISATIONS = ("none", "minmax", "regularity", "calibrated")
 #: How overlapping windows are combined (:func:`aggregate_windows`, :class:`MapAccumulator`).
@@ -34,6 +34,7 @@ _RULE_KWARGS: dict[str, tuple[str, ...]] = {
     "max": (),
     "topk": ("k",),
     "blob": ("threshold", "n_std", "min_area", "weighting"),
+    "ssim": (),
 }
 # Floor on the MSE inside the PSNR log, so a perfect reconstruction gives a large finite PSNR instead of inf.
 _PSNR_EPS = 1e-10
@@ -81,6 +82,9 @@ def frame_scores(
     - ``"topk"``: mean of the top ``k`` fraction (default 0.01, at least one pixel) of ``|e|^2``.
     - ``"blob"``: blob-weighted MSE of the Mamba-diffusion system (seed 003, section 10), see :func:`blob_score`;
       kwargs ``threshold``, ``n_std``, ``min_area``, ``weighting``.
+    - ``"ssim"``: ``1 - SSIM`` of the frame, the mean over valid pixels of a ``1 - SSIM`` map from
+      :func:`oddframe.ssim.ssim_map` (not an error map: ``map_power`` does not apply). The detection engine makes
+      these maps from the observed and the reconstructed clip when ``score.rule`` is ``ssim``.
 
     Frames with no valid pixel (padding) score 0: they carry no evidence. (For ``"psnr"`` 0 means PSNR = 0 dB;
     padded frames have ``frame_index == -1`` and are dropped by :func:`aggregate_windows` anyway.)
@@ -123,7 +127,9 @@ def frame_scores(
     sq = x if map_power == 2 else x ** (2.0 / map_power)
     n = fv.sum(axis=1)
     denom = np.maximum(n, 1)
-    if rule == "mse":
+    if rule == "ssim":
+        out = x.sum(axis=1, dtype=np.float64) / denom
+    elif rule == "mse":
         out = sq.sum(axis=1, dtype=np.float64) / denom
     elif rule == "l1":
         ab = x if map_power == 1 else x ** (1.0 / map_power)
@@ -175,12 +181,14 @@ def blob_score(
 ) -> float:
     """Blob-weighted MSE of one frame (seed 003, section 10: "weighted mean squared error").
 
-    Steps, as in the Mamba-diffusion system: threshold the absolute error (an absolute ``threshold``, or by
-    default the frame's ``mean + n_std * std`` of ``|e|`` over valid pixels), group active pixels into
-    8-connected components, drop components smaller than ``min_area`` pixels (the original code's
-    ``min_block_size``, default 25: isolated noisy pixels must not count), weight each remaining component's
-    pixels by ``area`` / ``log(1 + area)`` / ``area * log(area)`` (the original's ``exp > 1`` variant), and
-    return the weighted mean of ``|e|^2`` over those pixels. 0 when no blob survives.
+    The seed's five steps: (1) the absolute difference ``|e|`` (for grey frames exactly the grey absolute
+    difference; for colour, the map's channel mean); (2) threshold it (an absolute ``threshold``, or by default the
+    frame's ``mean + n_std * std`` of ``|e|`` over valid pixels); (3) group active pixels into 8-connected
+    components, dropping those smaller than ``min_area`` pixels (the original code's ``min_block_size``, default
+    25: isolated noisy pixels must not count); (4) weight each component's pixels by ``area`` or by
+    ``log(1 + area)`` (``log_area``; ``log(area)`` shifted so that a one-pixel blob keeps a weight), or
+    ``area * log(area)`` (the original's ``exp > 1`` variant), chosen by ``score.blob_weighting``; (5) return the
+    weighted mean of ``|e|^2`` over those pixels ("weighted MSE"). 0 when no blob survives.
 
     Args:
         abs_error: ``(H, W)`` ``|e|``.

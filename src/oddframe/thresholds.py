@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from oddframe.scoring import to_numpy
 
@@ -211,3 +212,85 @@ def calibrate(
         n_heldout=int(np.isfinite(held).sum()),
         heldout_fpr=false_positive_rate(held, threshold),
     )
+
+
+# --- Per-pixel thresholds of anomaly maps: where a map is unusual relative to normal footage ------------------
+
+
+def smooth_map(amap: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of an ``(H, W)`` map (``sigma`` in map pixels, 0 = none): pools each pixel with its neighbours,
+    so single noisy pixels do not make regions. Non-finite values count as 0."""
+    a = np.nan_to_num(np.asarray(amap, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return ndimage.gaussian_filter(a, sigma, mode="nearest") if sigma > 0 else a
+
+
+class PixelThresholdFit:
+    """Per-pixel thresholds of anomaly maps from maps of normal frames, in one streaming pass.
+
+    Each pixel's threshold starts as the ``quantile`` of its (smoothed) values over normal frames, estimated from a
+    uniform reservoir sample of at most ``capacity`` maps (Vitter's algorithm R, so memory stays bounded on long
+    footage), smoothed spatially by the same Gaussian (neighbouring pixels share their evidence) and floored at the
+    ``floor_quantile`` of all normal values (the median by default: a pixel whose normal maps are exactly 0, such as
+    a black border, would otherwise flag any change; the floor stays low on purpose, as a high one would hide
+    anomalies in quiet areas behind the errors of busy ones).
+
+    A per-pixel quantile from a few hundred maps is close to their maximum, and a frame has thousands of pixels: some
+    would still exceed theirs in most normal frames. So the map is then raised by one factor, the ``margin``, set on
+    normal maps the quantile did not see (half the reservoir) so that at most ``normal_rate`` of them have
+    ``min_area`` (a fraction of the frame) pixels or more above threshold: few normal frames can show a box.
+
+    Args:
+        quantile: per-pixel quantile in (0, 1), e.g. 0.999.
+        floor_quantile: quantile of all normal pixel values used as the lowest threshold, in [0, 1).
+        smoothing: Gaussian sigma in map pixels applied to every map (and to the threshold map).
+        normal_rate: share of normal frames allowed a region of ``min_area`` above threshold, in (0, 1).
+        min_area: smallest region counted, as a fraction of the map's pixels.
+        capacity: maps kept in the reservoir.
+        seed: seed of the reservoir's random choice.
+    """
+
+    def __init__(self, *, quantile: float = 0.999, floor_quantile: float = 0.5, smoothing: float = 1.0,
+                 normal_rate: float = 0.01, min_area: float = 0.002, capacity: int = 256, seed: int = 0) -> None:
+        if not 0 < quantile < 1 or not 0 <= floor_quantile < 1 or not 0 < normal_rate < 1:
+            raise ValueError(f"need 0 < quantile < 1, 0 <= floor_quantile < 1 and 0 < normal_rate < 1, got {quantile}, "
+                             f"{floor_quantile}, {normal_rate}")
+        if capacity < 1 or smoothing < 0 or not 0 <= min_area < 1:
+            raise ValueError(f"need capacity >= 1, smoothing >= 0 and 0 <= min_area < 1, got {capacity}, {smoothing}, "
+                             f"{min_area}")
+        self.quantile, self.floor_quantile, self.smoothing = quantile, floor_quantile, smoothing
+        self.normal_rate, self.min_area = normal_rate, min_area
+        self.capacity, self.n = capacity, 0
+        self.margin = float("nan")
+        self._rng = np.random.default_rng(seed)
+        self._kept: list[np.ndarray] = []
+
+    def add(self, amap: np.ndarray) -> None:
+        """Take one normal frame's ``(H, W)`` map; every map must have the shape of the first."""
+        m = smooth_map(amap, self.smoothing)
+        if self._kept and m.shape != self._kept[0].shape:
+            raise ValueError(f"maps of one fit must share a shape: {self._kept[0].shape} then {m.shape}")
+        self.n += 1
+        if len(self._kept) < self.capacity:
+            self._kept.append(m)
+        else:
+            j = int(self._rng.integers(0, self.n))
+            if j < self.capacity:
+                self._kept[j] = m
+
+    def _quantile_map(self, stack: np.ndarray, floor: float) -> np.ndarray:
+        per_pixel = smooth_map(np.quantile(stack, self.quantile, axis=0), self.smoothing)
+        return np.maximum(per_pixel, max(floor, 1e-12))
+
+    def result(self) -> tuple[np.ndarray, float]:
+        """``(threshold map (H, W) float32, floor)``, with :attr:`margin` set; ValueError before any map was added."""
+        if not self._kept:
+            raise ValueError("no normal map was added: cannot set per-pixel thresholds")
+        stack = np.stack(self._kept)
+        floor = float(np.quantile(stack, self.floor_quantile))
+        # The margin is measured on maps the quantile did not see (with too few maps, on all of them).
+        fit, check = (stack[0::2], stack[1::2]) if len(stack) >= 20 else (stack, stack)
+        ratio = (check / self._quantile_map(fit, floor)).reshape(len(check), -1)
+        k = max(1, math.ceil(self.min_area * ratio.shape[1]))  # the k-th largest ratio: a region of k pixels
+        kth = -np.partition(-ratio, k - 1, axis=1)[:, k - 1]
+        self.margin = max(1.0, float(np.quantile(kth, 1.0 - self.normal_rate)))
+        return (self._quantile_map(stack, floor) * self.margin).astype(np.float32), floor

@@ -195,6 +195,15 @@ class ClipAugment:
         return frames, valid
 
     def __call__(self, clip: Clip) -> Clip:
-        """Augment a :class:`Clip`; ``video`` and ``frame_index`` are kept."""
+        """Augment a :class:`Clip`; ``video``, ``frame_index`` and derived inputs (``extras``) are kept.
+
+        Derived inputs (optical flow) are photometric-invariant but would need their own geometric transform (a
+        flipped flow field also changes sign), so a clip with extras accepts brightness shifts only.
+        """
+        if clip.extras and (self.rotation_deg or self.hflip or self.vflip):
+            raise ValueError(
+                f"clips with derived inputs ({', '.join(clip.extras)}) take brightness augmentation only: set "
+                "train.augment.rotation_deg, hflip and vflip to 0"
+            )
         frames, valid = self.apply(clip.frames, clip.valid)
-        return Clip(frames, valid, clip.video, clip.frame_index)
+        return Clip(frames, valid, clip.video, clip.frame_index, clip.extras)

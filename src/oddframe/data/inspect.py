@@ -2,19 +2,102 @@
 
 :func:`inspect_path` returns a JSON-able dict (``--json`` prints it as is); :func:`format_inspect` renders
 it as a table for people. Frame counts come from ``len(source)`` (the container's count for videos, the
-number of files for image folders), so inspecting a dataset never decodes whole videos.
+number of files for image folders). Then every frame is decoded, streaming (one frame in memory), to find what
+would otherwise be scored silently: frames with no valid pixel (all-NaN FITS) or mostly invalid ones, blank and
+constant frames, frames that duplicate an earlier one, videos that decode fewer frames than their header says,
+and files that stop decoding part-way. ``decode=False`` (``--quick``) skips that pass.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from oddframe.data.layouts import Video, open_input
+from oddframe.data.sources import Frame
+from oddframe.errors import OddframeError
+from oddframe.progress import progress_bar
+
+#: Frames with a smaller share of valid pixels are reported (detection gives them no score by default).
+MOSTLY_INVALID = 0.5
+#: What :func:`frame_issue` can find, in the order reports list them.
+ISSUES = {
+    "no valid pixel": "frames with no valid pixel (all NaN or BLANK)",
+    "mostly invalid": f"frames with under {MOSTLY_INVALID:.0%} valid pixels",
+    "blank": "blank frames (every pixel 0)",
+    "constant": "constant frames (every pixel the same, not 0)",
+    "duplicate": "frames identical to an earlier frame",
+}
+
+
+def frame_issue(frame: Frame, seen: dict[bytes, int]) -> str | None:
+    """What is wrong with one frame's content, if anything (one of :data:`ISSUES`).
+
+    Args:
+        frame: a frame of a source.
+        seen: digests of the earlier frames of the video, updated here (to find duplicates).
+    """
+    valid = frame.valid
+    if valid is not None and not valid.any():
+        return "no valid pixel"
+    if valid is not None and valid.mean() < MOSTLY_INVALID:
+        return "mostly invalid"
+    values = frame.data[valid] if valid is not None else frame.data
+    if values.size and values.min() == values.max():
+        return "blank" if float(values.flat[0]) == 0 else "constant"
+    digest = hashlib.blake2b(np.ascontiguousarray(frame.data).data, digest_size=16).digest()
+    if digest in seen:
+        return "duplicate"
+    seen[digest] = frame.index
+    return None
+
+
+def frame_ranges(frames: list[int]) -> str:
+    """``3, 7-9, 12`` (the first 8 runs) from sorted frame numbers."""
+    runs: list[list[int]] = []
+    for f in frames:
+        if runs and f == runs[-1][1] + 1:
+            runs[-1][1] = f
+        else:
+            runs.append([f, f])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:8])
+    return text + (", ..." if len(runs) > 8 else "")
+
+
+def _decode_check(split: str, video: Video, row: dict[str, Any], advance: Any) -> list[str]:
+    """Decode every frame of ``video``: fill ``row["n_decoded"]`` and ``row["frame_issues"]``; return problems."""
+    found: dict[str, list[int]] = {}
+    seen: dict[bytes, int] = {}
+    problems, n = [], 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a short video warns while decoding; it is reported below instead
+        try:
+            for frame in video.source:
+                issue = frame_issue(frame, seen)
+                if issue:
+                    found.setdefault(issue, []).append(frame.index)
+                n += 1
+                advance()
+        except (OddframeError, ValueError, OSError) as exc:
+            problems.append(f"{split} video {video.name}: reading stops after {n} frames: {exc}")
+    promised = row["n_frames"]
+    row["n_decoded"] = n
+    row["frame_issues"] = {k: len(v) for k, v in found.items()}
+    if n < promised and not problems:
+        problems.append(f"{split} video {video.name}: {promised} frames announced but only {n} decode "
+                        "(truncated or damaged file)")
+    for issue in ISSUES:
+        if issue in found:
+            frames = found[issue]
+            problems.append(f"{split} video {video.name}: {len(frames)} {ISSUES[issue]}: frames {frame_ranges(frames)}")
+    return problems
 
 
 def _video_row(split: str, video: Video) -> dict[str, Any]:
@@ -32,13 +115,18 @@ def _video_row(split: str, video: Video) -> dict[str, Any]:
     }
 
 
-def inspect_path(path: str | Path, *, check_masks: bool = True) -> dict[str, Any]:
+def inspect_path(
+    path: str | Path, *, check_masks: bool = True, decode: bool = True, progress: bool = False
+) -> dict[str, Any]:
     """Describe a dataset folder (any layout) or a single frame source.
 
     Args:
         path: a dataset root or a source (video file, image folder, FITS, ``.npy``/``.pt``).
         check_masks: read every pixel mask to cross-check it against the frame labels (reported in
             ``problems``); off, only counts are compared.
+        decode: decode every frame (streaming) to report frame problems and short videos; each video row then
+            also has ``n_decoded`` and ``frame_issues`` (counts by kind of :data:`ISSUES`).
+        progress: show a progress bar (on stderr) while decoding.
 
     Returns:
         A JSON-able dict with ``path``, ``layout`` (one of the dataset layouts, or ``"source"``),
@@ -60,6 +148,12 @@ def inspect_path(path: str | Path, *, check_masks: bool = True) -> dict[str, Any
     train, test = rows[: len(ds.train)], rows[len(ds.train) :]
     first = (ds.train + ds.test)[0].source if rows else None
     problems = list(ds.problems)
+    if decode and rows:
+        with progress_bar(progress, stderr=True) as bar:
+            task = bar.add_task("decoding every frame", total=sum(r["n_frames"] for r in rows))
+            for split, videos, part in (("train", ds.train, train), ("test", ds.test, test)):
+                for video, row in zip(videos, part):
+                    problems += _decode_check(split, video, row, lambda: bar.advance(task))
     sizes = sorted({tuple(r["resolution"]) for r in rows})
     if len(sizes) > 1:
         problems.append(f"videos have {len(sizes)} different resolutions: {[list(s) for s in sizes[:4]]}")
@@ -116,7 +210,10 @@ def format_inspect(d: dict[str, Any], *, max_videos: int = 40, width: int = 100)
             hw = f"{r['resolution'][0]} x {r['resolution'][1]}"
             masks = "yes" if r["has_pixel_masks"] else "-"
             scene = (r.get("scene") or "-",) if scenes else ()
-            videos.add_row(r["split"], r["name"], *scene, r["kind"], str(r["n_frames"]), hw, anomalous, masks)
+            n = str(r["n_frames"])
+            if r.get("n_decoded", r["n_frames"]) != r["n_frames"]:
+                n += f" ({r['n_decoded']} decode)"
+            videos.add_row(r["split"], r["name"], *scene, r["kind"], n, hw, anomalous, masks)
         console.print(videos)
         if len(d["videos"]) > max_videos:
             console.print(f"... and {len(d['videos']) - max_videos} more videos (--json lists all)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
@@ -17,7 +18,9 @@ from torch.utils.data import Dataset
 
 from oddframe.data.augment import ClipAugment
 from oddframe.data.clips import Clip, window_starts
-from oddframe.data.sources import FrameSource
+from oddframe.data.dataset import select_scenes
+from oddframe.data.layouts import Video, open_input
+from oddframe.data.sources import FrameRangeSource, FrameSource
 from oddframe.data.transforms import FrameTransform
 
 T = TypeVar("T")
@@ -51,10 +54,13 @@ def iter_frames(
     sample_interval: int = 1,
     sample_interval_sec: float | None = None,
     keep_raw: bool = False,
+    start: int = 0,
 ) -> Iterator[TransformedFrame]:
     """Stream the frames of ``source`` through ``transform``, keeping every ``sample_interval``-th frame or
-    frames at least ``sample_interval_sec`` seconds apart (greedy, from the first frame)."""
+    frames at least ``sample_interval_sec`` seconds apart (greedy, from the first frame); the first ``start`` kept
+    frames are skipped without being transformed (a resumed run)."""
     last_time: float | None = None
+    kept = 0
     for i, frame in enumerate(source):
         if sample_interval_sec is not None:
             if frame.time is None:
@@ -63,6 +69,9 @@ def iter_frames(
                 continue
             last_time = frame.time
         elif i % sample_interval:
+            continue
+        kept += 1
+        if kept <= start:
             continue
         data, valid = transform(frame)
         yield TransformedFrame(frame.index, frame.time, data, valid, frame.data if keep_raw else None)
@@ -116,6 +125,25 @@ def prefetched(items: Iterable[T], *, depth: int = 32) -> Iterator[T]:
     finally:
         stop.set()
         thread.join()
+
+
+def normal_videos(
+    path: str | Path, *, start_frame: int = 0, stop_frame: int | None = None,
+    scenes: Sequence[str | int] | None = None,
+) -> tuple[str, list[Video]]:
+    """The normal videos at ``path`` (the config's ``data.path``) and the layout that holds them.
+
+    A dataset folder gives its training videos; a single source (one video, image folder, FITS, array) is one
+    normal video. ``start_frame``/``stop_frame`` keep that range of frames of each (``data.start_frame``,
+    ``data.stop_frame``); ``scenes`` keeps the videos of those scenes (``data.scenes``, ShanghaiTech, UBnormal).
+    """
+    dataset = open_input(path)
+    if scenes:
+        dataset = select_scenes(dataset, list(scenes))
+    videos = dataset.test if dataset.layout == "source" else dataset.train
+    if start_frame or stop_frame is not None:
+        videos = [Video(v.name, FrameRangeSource(v.source, start=start_frame, stop=stop_frame)) for v in videos]
+    return dataset.layout, videos
 
 
 @dataclass

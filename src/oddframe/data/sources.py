@@ -9,6 +9,7 @@ Iteration is repeatable: each ``iter(source)`` starts again from the first frame
 
 from __future__ import annotations
 
+import pickle
 import re
 import warnings
 import zipfile
@@ -374,20 +375,61 @@ def _load_npy(path: Path) -> np.ndarray:
     return array
 
 
+def torch_load_error(exc: BaseException) -> str:
+    """One line saying why ``torch.load(..., weights_only=True)`` refused or failed (torch's own text is a paragraph).
+
+    A file that needs unpickling (any Python object beyond tensors and plain containers) is refused on purpose:
+    unpickling a file runs code from it.
+    """
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in text.lower():
+        return ("refused: the file holds pickled Python objects, not only tensors; oddframe never unpickles a file "
+                "(save plain tensors with torch.save, or use .npy / safetensors)")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return f"not a readable torch file ({first[:200]})"
+
+
 def _load_pt(path: Path) -> torch.Tensor:
     # mmap only works for the zip format torch.save has written since 1.6; older files load whole.
     mmap = zipfile.is_zipfile(path)
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
     except Exception as e:  # noqa: BLE001 - torch raises many types (UnpicklingError, RuntimeError, ...)
-        raise SourceError(
-            f"{path}: not a loadable tensor file (only plain tensors load; nothing is unpickled) ({e})"
-        ) from e
+        raise SourceError(f"{path}: {torch_load_error(e)}") from None
     if not isinstance(obj, torch.Tensor):
         raise SourceError(f"{path}: expected a single tensor, found {type(obj).__name__}")
     if obj.layout != torch.strided or obj.is_complex() or obj.is_quantized:
         raise SourceError(f"{path}: expected a dense real tensor, found {obj.dtype} with layout {obj.layout}")
     return obj
+
+
+# ---------------------------------------------------------------------------------------- frame range
+
+
+class FrameRangeSource(FrameSource):
+    """Frames ``start`` to ``stop`` (excluded) of another source, keeping their frame numbers and times.
+
+    For training on part of one long recording (the first 500 frames of a video) and detecting on the rest.
+    Frames before ``start`` are still decoded (streams do not seek exactly) but not transformed.
+    """
+
+    def __init__(self, source: FrameSource, *, start: int = 0, stop: int | None = None) -> None:
+        if start < 0 or (stop is not None and stop <= start):
+            raise ValueError(f"need 0 <= start < stop, got start={start}, stop={stop}")
+        self.source, self.start, self.stop = source, start, stop
+        self.kind = source.kind
+        super().__init__(source.path, fps=source.fps, shape=source.frame_shape(), dtype=source.dtype)
+
+    def __len__(self) -> int:
+        n = len(self.source) if self.stop is None else min(len(self.source), self.stop)
+        return max(0, n - self.start)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for frame in self.source:
+            if self.stop is not None and frame.index >= self.stop:
+                return
+            if frame.index >= self.start:
+                yield frame
 
 
 # ---------------------------------------------------------------------------------------- open_source

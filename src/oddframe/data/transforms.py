@@ -243,6 +243,23 @@ class FrameTransform:
         return np.ascontiguousarray(rearrange(out, "h w c -> c h w")), valid
 
 
+def conversion_note(frame_shape: tuple[int, ...], channels: int) -> str | None:
+    """What :class:`FrameTransform` does to frames of ``frame_shape`` for a model of ``channels``, when it converts.
+
+    Returns:
+        ``None`` when the frames already have the model's channels, else one sentence (colour to grey by BT.601
+        luma, alpha dropped, or grey repeated to 3 channels).
+    """
+    have = frame_shape[2] if len(frame_shape) == 3 else 1
+    if have == 1 and channels == 3:
+        return "grey frames are repeated to the 3 channels of a colour model"
+    if have in (3, 4) and channels == 1:
+        return f"{'RGBA' if have == 4 else 'colour'} frames are converted to grey (BT.601 luma) for a 1-channel model"
+    if have == 4:
+        return "the alpha channel of RGBA frames is dropped"
+    return None
+
+
 class _InputSettings(Protocol):
     """The settings that decide a model input (the config's data section; prep's options carry the same)."""
 

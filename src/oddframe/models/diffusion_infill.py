@@ -167,7 +167,7 @@ class SpatioTemporalDiffusion(AnomalyModel):
         if (c, t, (h, w)) != (self.in_channels, self.clip_length, self.image_size):
             names = ", ".join(sorted(set(batch.video))[:3]) or "<unnamed>"
             raise ConfigError(
-                f"st_diffusion expects clips of {self.in_channels} channel(s), {self.clip_length} frames of "
+                f"{self.model_name} expects clips of {self.in_channels} channel(s), {self.clip_length} frames of "
                 f"{self.image_size[0]}x{self.image_size[1]}, got {c}, {t}, {h}x{w} (videos: {names}); "
                 "make data.clip_length / image_size / channels match the model"
             )

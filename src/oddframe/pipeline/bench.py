@@ -151,7 +151,7 @@ def _bench_one(name: str, path: str | Path, config: Config, data: str | Path, ou
     else:
         log(f"evaluating {name} on {data}")
         metrics = evaluate(run_dir, data, eval_dir, overrides=list(eval_overrides), progress=progress,
-                           device=device, regions=regions, report=True)
+                           device=device, regions=regions, report=True, overwrite=True)  # stale: replaced
         write_json(record, eval_dir / RECORD)
     log(f"{name}: {status}, micro AUROC {metrics.get('frame_auroc_micro')}, {time.perf_counter() - t0:.0f} s")
     return _row(name, path, status, run_dir, f"evals/{name}", metrics)

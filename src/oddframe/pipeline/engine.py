@@ -10,7 +10,10 @@ Every task that scores frames (calibrate, detect, evaluate) runs this engine, so
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -22,11 +25,13 @@ from oddframe.config import Config
 from oddframe.data.clips import Clip, collate
 from oddframe.data.layouts import Video
 from oddframe.data.loading import TransformedFrame, iter_frames, prefetched
-from oddframe.data.transforms import frame_transform
-from oddframe.errors import CheckpointError
+from oddframe.data.transforms import conversion_note, frame_transform
+from oddframe.errors import CheckpointError, ConfigError
 from oddframe.features import with_features
 from oddframe.models.base import AnomalyModel
+from oddframe.models.fusion import FusionModel
 from oddframe.scoring import MapAccumulator, frame_scores, normalise_scores, smooth_scores
+from oddframe.ssim import ssim_map
 
 
 @dataclass
@@ -42,6 +47,8 @@ class FrameResult:
         frame: the model input ``(C, H, W)`` in ``[-1, 1]``.
         valid: ``(H, W)`` bool.
         raw: the untransformed frame, when the stream kept it.
+        members: a fused run's calibrated member scores by member name (:mod:`oddframe.pipeline.fusion`).
+        invalid: too few valid pixels to judge (``min_valid_fraction``): ``score`` is NaN, never "normal".
     """
 
     video: str
@@ -52,6 +59,8 @@ class FrameResult:
     frame: np.ndarray
     valid: np.ndarray
     raw: np.ndarray | None = None
+    members: dict[str, float] | None = None
+    invalid: bool = False
 
 
 @dataclass
@@ -103,10 +112,13 @@ class Detector:
         stride: frames between window starts; ``< clip_length`` overlaps windows.
         batch_size: windows per forward pass.
         aggregate: ``"max"`` or ``"mean"`` over the windows covering a frame.
-        rule: frame scoring rule of :func:`oddframe.scoring.frame_scores`.
+        rule: frame scoring rule of :func:`oddframe.scoring.frame_scores`; ``"ssim"`` scores ``1 - SSIM`` maps of
+            the observed against the reconstructed clip (:func:`oddframe.ssim.ssim_map`) instead of the model's map.
+        rule_options: keyword options of the rule (e.g. ``{"weighting": "log_area"}`` for ``"blob"``).
         device: where the model runs (default: :func:`default_device`).
         backend: an exported runner of the same map (:mod:`oddframe.backends`: anything with
             ``anomaly_map(batch) -> (B, T, H, W)``) called instead of the model; it runs on the CPU.
+        min_valid_fraction: a frame with a smaller share of valid pixels gets no score (NaN, ``invalid``).
     """
 
     def __init__(
@@ -118,11 +130,21 @@ class Detector:
         batch_size: int = 8,
         aggregate: str = "max",
         rule: str = "mse",
+        rule_options: dict[str, object] | None = None,
         device: torch.device | str | None = None,
+        min_valid_fraction: float = 0.0,
         backend: Any = None,
     ) -> None:
         if aggregate not in ("max", "mean"):
             raise ValueError(f"aggregate must be 'max' or 'mean', got {aggregate!r}")
+        if rule == "ssim" and type(model).reconstruct is AnomalyModel.reconstruct:
+            raise ConfigError(
+                f"score.rule=ssim compares each frame with the model's reconstruction, and "
+                f"{getattr(model, 'model_name', type(model).__name__)} reconstructs nothing; choose another score.rule"
+            )
+        if rule == "ssim" and backend is not None:
+            raise ConfigError("score.rule=ssim needs the model's reconstruction, and an exported backend gives only "
+                              "its map: use --backend torch, or another score.rule")
         self.backend = backend
         if backend is not None:
             device = "cpu"  # exported runtimes take CPU arrays
@@ -135,7 +157,9 @@ class Detector:
         self.batch_size = batch_size
         self.aggregate = aggregate
         self.rule = rule
+        self.rule_options = dict(rule_options or {})
         self.map_power = getattr(model, "map_power", 2)
+        self.min_valid_fraction = min_valid_fraction
         self.timing = Timing()
 
     def _autocast(self):
@@ -157,9 +181,13 @@ class Detector:
         acc = MapAccumulator(how=self.aggregate)
         next_start, covered, n = 0, 0, 0
         it = iter(frames)
+        failure: Exception | None = None  # a source that breaks part-way: score what came before, then raise it
         while True:
             t0 = time.perf_counter()
-            frame = next(it, None)
+            try:
+                frame = next(it, None)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, once the frames read so far are out
+                frame, failure = None, exc
             self.timing.decode += time.perf_counter() - t0
             done = frame is None
             if not done:
@@ -181,6 +209,8 @@ class Detector:
                 buffer.popleft()
                 first += 1
             if done:
+                if failure is not None:
+                    raise failure
                 return
 
     def _forward(self, starts: list[int], buffer: deque, first: int, acc: MapAccumulator, video: str) -> None:
@@ -197,8 +227,11 @@ class Detector:
         batch = collate(clips, self.clip_length).to(self.device)
         t0 = time.perf_counter()
         with torch.inference_mode(), self._autocast():
-            runner = self.model if self.backend is None else self.backend
-            maps = runner.anomaly_map(batch).float()
+            if self.rule == "ssim":  # the one rule that needs the reconstruction rather than the model's map
+                maps = ssim_map(batch.frames, self.model.reconstruct(batch), batch.valid)
+            else:
+                runner = self.model if self.backend is None else self.backend
+                maps = runner.anomaly_map(batch).float()
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # honest timing: kernels run asynchronously
         self.timing.model += time.perf_counter() - t0
@@ -211,10 +244,15 @@ class Detector:
         for pos, amap in acc.pop_ready(before):
             f = buffer[pos - first]
             t0 = time.perf_counter()
-            score = float(frame_scores(amap[None], f.valid[None], rule=self.rule, map_power=self.map_power)[0])
+            # A frame (almost) without valid pixels carries no evidence: no score rather than a "normal" 0.
+            invalid = not f.valid.any() or f.valid.mean() < self.min_valid_fraction
+            score = math.nan if invalid else float(
+                frame_scores(amap[None], f.valid[None], rule=self.rule, map_power=self.map_power, **self.rule_options)[0]
+            )
             self.timing.scoring += time.perf_counter() - t0
             self.timing.frames += 1
-            yield FrameResult(video, f.index, f.time, score, amap.astype(np.float32), f.data, f.valid, f.raw)
+            yield FrameResult(video, f.index, f.time, score, amap.astype(np.float32), f.data, f.valid, f.raw,
+                              invalid=invalid)
 
 
 # --- From a run's config to a detector and a scored stream ---------------------------------------------------
@@ -223,7 +261,14 @@ class Detector:
 def detector_for(
     model: AnomalyModel, config: Config, *, device: torch.device | str | None = None, backend: Any = None
 ) -> Detector:
-    """A :class:`Detector` set up from the run's data and score sections (``backend``: see :class:`Detector`)."""
+    """A :class:`Detector` set up from the run's data and score sections (a fused run's members each get theirs;
+    ``backend``: see :class:`Detector`)."""
+    if isinstance(model, FusionModel):
+        if backend is not None:
+            raise ConfigError("a fused run detects with its members' PyTorch models: use --backend torch")
+        from oddframe.pipeline.fusion import FusedDetector  # the fused detector builds on this module
+
+        return FusedDetector(model, config, device=device)  # type: ignore[return-value]
     return Detector(
         model,
         clip_length=config.data.clip_length,
@@ -231,22 +276,52 @@ def detector_for(
         batch_size=config.score.batch_size,
         aggregate=config.score.aggregate,
         rule=config.score.rule,
+        rule_options={"weighting": config.score.blob_weighting} if config.score.rule == "blob" else None,
         device=device,
+        min_valid_fraction=config.score.min_valid_fraction,
         backend=backend,
     )
 
 
-def stream_video(detector: Detector, video: Video, config: Config, *, keep_raw: bool = False) -> Iterator[FrameResult]:
-    """Score one video of a dataset frame by frame (with the derived inputs its model asks for)."""
+def stream_video(
+    detector: Detector, video: Video, config: Config, *, keep_raw: bool = False, start: int = 0
+) -> Iterator[FrameResult]:
+    """Score one video of a dataset frame by frame (with the derived inputs its model asks for).
+
+    ``start`` > 0 continues an interrupted run: results begin at stream position ``start`` and are the ones a run
+    from the beginning gives. The stream restarts at the last window start ``s0 <= start - clip_length`` (a
+    multiple of the stride), so every window covering a frame from ``start`` on, the end-aligned last one included,
+    is the same window; a derived input that needs the previous frame (flow) starts one frame earlier still.
+    """
+    if hasattr(detector, "stream"):  # a fused detector: each member transforms the decoded frames its own way
+        fused = detector.stream(video, keep_raw=keep_raw)
+        return fused if start == 0 else itertools.islice(fused, start, None)
+    s0 = max(0, (start - detector.clip_length) // detector.stride * detector.stride) if start > 0 else 0
+    lead = 1 if s0 > 0 and detector.model.derived_inputs() else 0
     frames = iter_frames(
         video.source,
         frame_transform(config.data),
         sample_interval=config.data.sample_interval,
         sample_interval_sec=config.data.sample_interval_sec,
         keep_raw=keep_raw,
+        start=s0 - lead,
     )
     # Decoding, transforms and derived inputs run in a background thread, overlapping the model.
-    return detector.run(prefetched(with_features(frames, detector.model.derived_inputs())), video.name)
+    stream = prefetched(itertools.islice(with_features(frames, detector.model.derived_inputs()), lead, None))
+    results = detector.run(stream, video.name)
+    return results if start == 0 else (r for p, r in enumerate(results, start=s0) if p >= start)
+
+
+def warn_conversions(videos: list[Video], config: Config) -> None:
+    """Say (a warning per kind of conversion) when input frames are converted to the model's channels, never silently."""
+    seen: dict[str, list[str]] = {}
+    for v in videos:
+        note = conversion_note(v.source.frame_shape(), config.data.channels)
+        if note:
+            seen.setdefault(note, []).append(v.name)
+    for note, names in seen.items():
+        which = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        warnings.warn(f"{which}: {note} (data.channels={config.data.channels}, as the model was trained)", stacklevel=2)
 
 
 def postprocess(scores: np.ndarray, config: Config, reference: dict[str, float] | None = None) -> np.ndarray:

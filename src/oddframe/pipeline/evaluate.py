@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,19 @@ from oddframe.config import Config, save_config
 from oddframe.data.dataset import Video, scene_key
 from oddframe.data.layouts import load_dataset
 from oddframe.errors import ConfigError
-from oddframe.files import write_json
+from oddframe.files import atomic_write, write_json
 from oddframe.metrics import PixelAUROC, summarise
 from oddframe.metrics_regions import Region, RegionDetection, TrackLinker, instance_regions
 from oddframe.pipeline.engine import detector_for, postprocess, stream_video
-from oddframe.pipeline.outputs import Panel, display_frame, render_kwargs, resize_map, write_panels, write_scores_csv
+from oddframe.pipeline.outputs import (Panel, display_frame, exclusive_output, render_kwargs, resize_map, shown_size,
+                                      write_panels, write_scores_csv)
 from oddframe.progress import progress_bar
 from oddframe.runs import HISTORY, load_run, read_calibration
+from oddframe.scoring import smooth_scores
 from oddframe.thresholds import false_positive_rate
 
 
+@exclusive_output("oddframe eval", marker="metrics.json")
 def evaluate(
     run_dir: str | Path,
     data: str | Path,
@@ -55,7 +59,7 @@ def evaluate(
     saves that many panels (frame | map) of labelled anomalous frames to ``labelled/``, to show how the model sees
     the known anomalies. The run's ``data.scenes`` and ``data.eval_split`` (overridable) choose the test videos.
     """
-    from oddframe.render.overlay import compose_panel
+    from oddframe.render.panel import compose_panel
     from oddframe.render.video import AnomalyVideoWriter
 
     run_dir, out = Path(run_dir), Path(out)
@@ -73,24 +77,26 @@ def evaluate(
     pixel = PixelAUROC() if has_masks else None
     region_acc = RegionDetection() if has_masks and regions else None
     region_seconds = 0.0
-    rkw = render_kwargs(config, model)
+    rkw = render_kwargs(config, model, run_dir)
     writer = AnomalyVideoWriter(out / "anomaly.mp4", fps=config.render.fps or 10.0, **rkw) if video else None
     top: list[tuple[float, int, Panel]] = []
     labelled: list[Panel] = []
     labels_all, scores_all, rows = [], [], []
-    counter = 0
+    counter = n_invalid = 0
     t0 = time.perf_counter()
     with progress_bar(progress) as bar:
         task = bar.add_task("evaluating", total=sum(len(v.source) // config.data.sample_interval for v in tests))
         for v in tests:
             bar.update(task, description=f"evaluating {v.name}")
-            idx, raw = [], []
+            idx, raw, members = [], [], {}
             linker = TrackLinker()
             for r in stream_video(detector, v, config, keep_raw=True):
                 idx.append(r.index)
                 raw.append(r.score)
+                for name, z in (r.members or {}).items():  # a fused run: each member's calibrated score
+                    members.setdefault(name, []).append(z)
                 gt = None
-                if pixel is not None and r.index < len(v.masks):
+                if pixel is not None and r.index < len(v.masks) and not r.invalid:
                     gt = np.asarray(v.masks[r.index], dtype=bool)
                     pixel.update(resize_map(r.amap, gt.shape)[None], gt[None])
                 if region_acc is not None and gt is not None:
@@ -100,14 +106,14 @@ def evaluate(
                     region_seconds += time.perf_counter() - t0_regions
                 shown = display_frame(r)
                 if writer is not None or config.render.top_frames or labelled_panels:
-                    big_map = resize_map(r.amap, shown.shape[-2:])
-                    gt_shown = None if gt is None else cv2.resize(gt.astype(np.uint8), shown.shape[-1:-3:-1], interpolation=cv2.INTER_NEAREST).astype(bool)
+                    big_map = resize_map(r.amap, shown_size(shown))
+                    gt_shown = None if gt is None else cv2.resize(gt.astype(np.uint8), shown_size(shown)[::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
                 if writer is not None:
                     writer.write(shown, big_map, gt_mask=gt_shown, title=f"{v.name} #{r.index}")
                 if labelled_panels and len(labelled) < labelled_panels and v.labels[r.index]:
                     labelled.append(Panel(r.score, v.name, r.index, compose_panel(
                         shown, big_map, gt_mask=gt_shown, title=f"{v.name} #{r.index}", **rkw)))
-                if config.render.top_frames:
+                if config.render.top_frames and not r.invalid:
                     counter += 1
                     if len(top) < config.render.top_frames or r.score > top[0][0]:
                         panel = compose_panel(shown, big_map, gt_mask=gt_shown, title=f"{v.name} #{r.index}", **rkw)
@@ -116,11 +122,15 @@ def evaluate(
                 bar.advance(task)
             scores = postprocess(np.asarray(raw), config, reference)
             labels = np.asarray(v.labels)[np.asarray(idx)]
-            labels_all.append(labels)
-            scores_all.append(scores)
-            for i, s, lab in zip(idx, scores, labels):
-                rows.append({"video": v.name, "frame": i, "score": float(s), "label": int(lab),
-                             "flagged": "" if threshold is None else int(s > threshold)})
+            scored = np.isfinite(scores)  # frames with too few valid pixels have no score: left out, counted
+            n_invalid += int((~scored).sum())
+            labels_all.append(labels[scored])
+            scores_all.append(scores[scored])
+            members = {f"member:{k}": smooth_scores(np.asarray(z), config.score.smoothing_sigma) for k, z in members.items()}
+            for j, (i, s, lab, ok) in enumerate(zip(idx, scores, labels, scored)):
+                rows.append({"video": v.name, "frame": i, "score": float(s), "label": int(lab), "invalid": int(not ok),
+                             "flagged": "" if threshold is None or not ok else int(s > threshold),
+                             **{k: float(z[j]) for k, z in members.items()}})
     seconds = time.perf_counter() - t0
     if writer is not None:
         writer.close()
@@ -138,6 +148,7 @@ def evaluate(
         "data": str(data),
         "layout": dataset.layout,
         "threshold": threshold,
+        "n_invalid_frames": n_invalid,
     })
     scenes = {v.scene for v in tests if v.scene is not None}
     if scenes:
@@ -145,18 +156,22 @@ def evaluate(
     metrics["protocol"] = protocol(config, calibrated_reference=reference is not None,
                                    regions=None if region_acc is None else region_metrics, layout=dataset.layout,
                                    notes=dataset.notes)
+    if n_invalid:
+        warnings.warn(f"{n_invalid} test frame(s) have too few valid pixels to be scored (score.min_valid_fraction="
+                      f"{config.score.min_valid_fraction}); they are left out of every metric", stacklevel=2)
     if threshold is not None:
         normal = np.concatenate([s[lab == 0] for s, lab in zip(scores_all, labels_all)])
         anomalous = np.concatenate([s[lab == 1] for s, lab in zip(scores_all, labels_all)])
         metrics["test_fpr_at_threshold"] = float(false_positive_rate(normal, threshold)) if normal.size else None
         metrics["test_tpr_at_threshold"] = float((anomalous > threshold).mean()) if anomalous.size else None
     write_json(metrics, out / "metrics.json")
-    write_scores_csv(rows, out / "scores.csv", ["video", "frame", "score", "label", "flagged"])
+    member_columns = [k for k in (rows[0] if rows else {}) if k.startswith("member:")]
+    write_scores_csv(rows, out / "scores.csv", ["video", "frame", "score", "label", "flagged", "invalid", *member_columns])
     save_config(config, out / "config.yaml")
     if (run_dir / HISTORY).is_file():
-        shutil.copy(run_dir / HISTORY, out / HISTORY)
+        atomic_write(out / HISTORY, lambda tmp: shutil.copyfile(run_dir / HISTORY, tmp))
     if (run_dir / "loss.png").is_file():
-        shutil.copy(run_dir / "loss.png", out / "loss.png")
+        atomic_write(out / "loss.png", lambda tmp: shutil.copyfile(run_dir / "loss.png", tmp))
 
     write_panels([t for _, _, t in sorted(top, key=lambda x: (-x[0], x[1]))], out / "top")
     if labelled:

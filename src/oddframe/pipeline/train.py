@@ -6,7 +6,9 @@ is its ``training_loss(batch)`` (and, optionally, ``on_train_step_end()`` for an
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,18 +19,22 @@ from lightning_fabric import Fabric
 from torch.utils.data import DataLoader, DistributedSampler
 
 from oddframe import runs
-from oddframe.config import Config
+from oddframe.config import Config, config_from_dict
 from oddframe.data.augment import ClipAugment
 from oddframe.data.clips import Batch, collate
-from oddframe.data.layouts import load_dataset
-from oddframe.data.loading import VideoFrames, WindowDataset, iter_frames, stack_frames
+from oddframe.data.loading import VideoFrames, WindowDataset, iter_frames, normal_videos, stack_frames
 from oddframe.data.prepared import is_prepared, prepared_dataset
 from oddframe.data.transforms import frame_transform
-from oddframe.errors import CheckpointError, ConfigError
+from oddframe.errors import CheckpointError, ConfigError, Interrupted
 from oddframe.features import with_features
+from oddframe.files import output_lock
 from oddframe.models.base import AnomalyModel
-from oddframe.progress import progress_bar
 from oddframe.registry import build_model
+from oddframe.models.fusion import FUSION
+from oddframe.pipeline.fusion import FusedDetector, member_statistics
+from oddframe.pipeline.engine import warn_conversions
+from oddframe.progress import progress_bar
+from oddframe.stopping import StopRequest
 
 
 @dataclass
@@ -36,11 +42,14 @@ class TrainResult:
     """What a finished (or resumed) training run did."""
 
     run_dir: Path
-    epochs: int
+    epochs: int  #: epochs the run holds now (the configured total once finished)
     final_loss: float
     seconds: float
     train_frames_per_second: float
     fitted_only: bool = False  #: fitted in one pass (no gradient training, no loss)
+    first_epoch: int = 0  #: epochs the run already held when this call started (0 unless resumed)
+    epochs_run: int = 0  #: epochs this call trained
+    already_finished: bool = False  #: resumed a run that had finished all its epochs: nothing was done
 
 
 def training_videos(
@@ -50,8 +59,8 @@ def training_videos(
     with the derived inputs ``features`` (``{name: params}``, see :mod:`oddframe.features`) of every frame."""
     if not config.data.path:
         raise ConfigError("data.path is not set: give the training data with --set data.path=FOLDER")
-    dataset = load_dataset(config.data.path, scenes=config.data.scenes)
-    videos = dataset.train
+    layout, videos = normal_videos(config.data.path, start_frame=config.data.start_frame,
+                                   stop_frame=config.data.stop_frame, scenes=config.data.scenes)
     if config.data.holdout_videos:
         if config.data.holdout_videos >= len(videos):
             raise ConfigError(
@@ -59,7 +68,8 @@ def training_videos(
             )
         videos = videos[: len(videos) - config.data.holdout_videos]
     if not videos:
-        raise ConfigError(f"{config.data.path}: the {dataset.layout} layout has no training videos")
+        raise ConfigError(f"{config.data.path}: the {layout} layout has no training videos")
+    warn_conversions(videos, config)
     transform = frame_transform(config.data)
     out = []
     with progress_bar(progress) as bar:
@@ -107,19 +117,60 @@ def train(
         on_epoch_end: called with ``(epoch, mean_loss)`` after each epoch's checkpoint is written.
     """
     run_dir = Path(out)
+    # One process writes the run: the first of the first node. Fabric's other ranks (re-launched copies of this
+    # process, with LOCAL_RANK / NODE_RANK set) must not take the lock their rank 0 holds.
+    first = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    with output_lock(run_dir, "oddframe train") if first else contextlib.nullcontext():
+        if config.model.name == FUSION:
+            return _fit_fusion(config, run_dir, resume=resume, progress=progress)
+        return _train(config, run_dir, resume=resume, videos=videos, progress=progress, on_epoch_end=on_epoch_end)
+
+
+def _resume_point(config: Config, run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """The saved training state to continue from (None: start afresh), after checking ``run_dir`` allows it."""
     state_path = run_dir / runs.STATE
-    if resume and not state_path.is_file():
-        raise CheckpointError(f"{run_dir}: nothing to resume ({runs.STATE} is missing)")
-    if not resume and (run_dir / runs.WEIGHTS).exists():
-        raise CheckpointError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+    if not resume:
+        if (run_dir / runs.WEIGHTS).exists():
+            raise CheckpointError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+        return None
+    if (run_dir / runs.CONFIG).is_file():
+        runs.check_same_training(config, runs.read_run_config(run_dir), run_dir)
+    if not state_path.is_file():
+        if (run_dir / runs.WEIGHTS).is_file():  # a fitted-only run, or weights of an unknown origin
+            raise CheckpointError(f"{run_dir}: nothing to resume ({runs.STATE} is missing: the run is complete)")
+        raise CheckpointError(
+            f"{run_dir}: nothing to resume ({runs.STATE} is missing: no epoch was completed); start the run again "
+            "without --resume"
+        )
+    return runs.load_state(state_path)
+
+
+def _train(
+    config: Config,
+    run_dir: Path,
+    *,
+    resume: bool,
+    videos: list[VideoFrames] | None,
+    progress: bool,
+    on_epoch_end: Callable[[int, float], None] | None,
+) -> TrainResult:
     tc = config.train
+    state = _resume_point(config, run_dir, resume)
+    if state is not None and int(state["epoch"]) >= tc.epochs:
+        history = runs.read_history(run_dir)
+        loss = history[-1]["loss"] if history else float("nan")
+        return TrainResult(run_dir, int(state["epoch"]), loss, 0.0, 0.0, first_epoch=int(state["epoch"]),
+                           already_finished=True)
     fabric = Fabric(
         accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes, precision=_precision(config)
     )
     fabric.launch()
     fabric.seed_everything(tc.seed, verbose=False)
 
-    model = build_model(config.model.name, **config.model_kwargs())
+    model = runs.build_checked_model(config)  # the model's own constraints, before any data is read
+    if model.fit_before_epoch is not None and model.fit_before_epoch >= tc.epochs and any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"{config.model.name} is fitted before epoch {model.fit_before_epoch + 1} (e.g. "
+                          f"model.params.pretrain_epochs) but train.epochs={tc.epochs}: raise train.epochs")
     features = model.derived_inputs()
     augment = ClipAugment(**tc.augment.model_dump(), seed=tc.seed)
     is_identity = not any(tc.augment.model_dump().values())
@@ -167,9 +218,8 @@ def train(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, tc.epochs * steps_per_epoch))
 
     start_epoch, step, history = 0, 0, []
-    if resume:
+    if state is not None:
         runs.load_weights(model, run_dir / runs.WEIGHTS)
-        state = runs.load_state(state_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
@@ -186,7 +236,9 @@ def train(
 
     frames_per_clip = config.data.clip_length
     t_start, frames_seen, mean_loss = time.perf_counter(), 0, float("nan")
-    with progress_bar(progress and fabric.is_global_zero) as bar:
+    with progress_bar(progress and fabric.is_global_zero) as bar, StopRequest(
+        "training", enabled=fabric.world_size == 1  # DDP ranks could stop at different steps and wait on each other
+    ) as stop:
         task = bar.add_task("training", total=(tc.epochs - start_epoch) * steps_per_epoch)
         for epoch in range(start_epoch, tc.epochs):
             order.manual_seed(epoch_seed(tc.seed, epoch))
@@ -202,6 +254,16 @@ def train(
             for i, batch in enumerate(loader):
                 if i >= steps_per_epoch:
                     break
+                if stop.requested:  # the checkpoint holds the last completed epoch: nothing else to save
+                    if writer is not None:
+                        writer.close()
+                    raise Interrupted(
+                        f"training stopped in epoch {epoch + 1} of {tc.epochs} (step {i} of {steps_per_epoch}); "
+                        f"{run_dir} holds {epoch} completed epoch(s)"
+                        + (f" ({runs.WEIGHTS}, {runs.STATE}, {runs.HISTORY}); continue with: oddframe train "
+                           f"--out {run_dir} --resume" if epoch else "; start it again to train"),
+                        signum=stop.signum or 2,
+                    )
                 batch = batch.to(fabric.device)
                 loss = model.training_loss(batch)
                 if not torch.isfinite(loss):
@@ -234,7 +296,7 @@ def train(
                         "seconds": time.perf_counter() - t_epoch,
                     }
                 )
-                _checkpoint(model, optimizer, scheduler, epoch + 1, step, history, run_dir)
+                _checkpoint(model, optimizer, scheduler, epoch + 1, step, history, run_dir, config)
                 if progress:  # one line per epoch, which also reaches logs where the bar cannot redraw
                     bar.console.print(
                         f"epoch {epoch + 1}/{tc.epochs}: loss {mean_loss:.5g}, "
@@ -255,14 +317,17 @@ def train(
         from oddframe.render.plots import plot_loss
 
         plot_loss(history, run_dir / "loss.png")
-    return TrainResult(run_dir, tc.epochs, mean_loss, seconds, frames_seen / max(seconds, 1e-9))
+    return TrainResult(run_dir, tc.epochs, mean_loss, seconds, frames_seen / max(seconds, 1e-9),
+                       first_epoch=start_epoch, epochs_run=tc.epochs - start_epoch)
 
 
-def _checkpoint(model, optimizer, scheduler, epoch: int, step: int, history: list[dict], run_dir: Path) -> None:
+def _checkpoint(
+    model, optimizer, scheduler, epoch: int, step: int, history: list[dict], run_dir: Path, config: Config
+) -> None:
     # Weights first, then state: a run killed between the two resumes from the previous epoch's state with the
     # newer weights, which is harmless; the reverse could pair new optimiser moments with old weights.
     module = model.module if hasattr(model, "module") else model
-    runs.save_weights(module, run_dir / runs.WEIGHTS)
+    runs.save_weights(module, run_dir / runs.WEIGHTS, config)
     runs.save_state(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
          "rng": torch.get_rng_state()},
@@ -328,15 +393,86 @@ def _fit_only(
     model: AnomalyModel, dataset: Any, config: Config, run_dir: Path, *, resume: bool, progress: bool
 ) -> TrainResult:
     """Train a model that has no trainable parameters: fit it once, write the run (config, fitted state, history)."""
-    if resume:
-        raise CheckpointError(f"{run_dir}: {config.model.name} is fitted in one pass; there is nothing to resume")
+    if resume and (run_dir / runs.WEIGHTS).is_file():
+        raise CheckpointError(f"{run_dir}: {config.model.name} is fitted in one pass and the run is complete; "
+                              "there is nothing to resume")
     t0 = time.perf_counter()
     with progress_bar(progress) as bar:
         _fit(model, dataset, config, "cpu", bar)
     seconds = time.perf_counter() - t0
     run_dir.mkdir(parents=True, exist_ok=True)
     runs.write_config(config, run_dir)
-    runs.save_weights(model, run_dir / runs.WEIGHTS)
+    runs.save_weights(model, run_dir / runs.WEIGHTS, config)
     runs.write_history([{"epoch": 1, "step": 0, "loss": float("nan"), "lr": 0.0, "seconds": seconds}], run_dir)
     frames = len(dataset) * config.data.clip_length
-    return TrainResult(run_dir, 1, float("nan"), seconds, frames / max(seconds, 1e-9), fitted_only=True)
+    return TrainResult(run_dir, 1, float("nan"), seconds, frames / max(seconds, 1e-9), fitted_only=True, epochs_run=1)
+
+
+# --- Fusion: trained runs combined; "training" calibrates each member on normal frames ---------------------------
+
+
+def fusion_config(
+    members: list[str], *, rule: str = "sum", weights: list[float] | None = None, data: str | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+) -> Config:
+    """The config of a fusion of trained run folders (``oddframe fuse``); ``data`` defaults to the first member's."""
+    params: dict[str, Any] = {"members": [str(m) for m in members], "rule": rule}
+    if weights is not None:
+        params["weights"] = list(weights)
+    base: dict[str, Any] = {"model": {"name": FUSION, "params": params}, "score": {"normalise": "calibrated"}}
+    if data is not None:
+        base["data"] = {"path": str(data)}
+    return config_from_dict(base, overrides)
+
+
+def fuse(
+    members: list[str], out: str | Path, *, rule: str = "sum", weights: list[float] | None = None,
+    data: str | None = None, overrides: tuple[str, ...] | list[str] = (), progress: bool = True,
+) -> TrainResult:
+    """``oddframe fuse``: combine trained runs into one fused run folder (see :func:`fusion_config`)."""
+    config = fusion_config(members, rule=rule, weights=weights, data=data, overrides=overrides)
+    return train(config, out, progress=progress)
+
+
+def _fit_fusion(config: Config, run_dir: Path, *, resume: bool, progress: bool) -> TrainResult:
+    """Fuse trained runs: embed their configs and weights, calibrate each on normal training frames, write the run.
+
+    The normal frames are those calibration uses: the held-out training videos (``data.holdout_videos``) when the
+    fused config has some, else the training videos of ``data.path`` (default: the first member's).
+    """
+    if resume:
+        raise CheckpointError(f"{run_dir}: a fusion is fitted in one pass; there is nothing to resume")
+    if (run_dir / runs.WEIGHTS).exists():
+        raise CheckpointError(f"{run_dir} already holds a run; choose another --out")
+    t0 = time.perf_counter()
+    members = config.model.params.get("members") or []
+    if not members or not all(isinstance(m, str) for m in members):
+        raise ConfigError("model.params.members: list the trained run folders to fuse, e.g. [runs/a, runs/b]")
+    loaded = [runs.load_run(m) for m in members]
+    resolved = config.to_dict()
+    resolved["model"]["params"]["members"] = [c.to_dict() for _, c in loaded]
+    # The first member's data settings (path, size of the shown frame), with what the fused config sets on top.
+    resolved["data"] = loaded[0][1].data.model_dump(mode="json")
+    resolved["data"].update({k: v for k, v in config.data.model_dump(mode="json").items() if k in config.data.model_fields_set})
+    config = config_from_dict(resolved)
+    model = build_model(FUSION, **config.model_kwargs())
+    for target, (source, _) in zip(model.members, loaded):
+        target.load_state_dict(source.state_dict())
+    if not config.data.path:
+        raise ConfigError("no normal data to calibrate the fusion members on: set data.path")
+    _, train_videos = normal_videos(config.data.path, scenes=config.data.scenes)
+    k = config.data.holdout_videos
+    videos = train_videos[len(train_videos) - k:] if k else train_videos
+    detector = FusedDetector(model, config, device="cpu")
+    with progress_bar(progress) as bar:
+        task = bar.add_task("calibrating fusion members on normal frames",
+                            total=sum(len(v.source) // config.data.sample_interval for v in videos))
+        stats = member_statistics(detector, videos, seed=config.train.seed, progress=lambda: bar.advance(task))
+    model.set_calibration(**stats)
+    seconds = time.perf_counter() - t0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_config(config, run_dir)
+    runs.save_weights(model, run_dir / runs.WEIGHTS, config)
+    runs.write_history([{"epoch": 1, "step": 0, "loss": float("nan"), "lr": 0.0, "seconds": seconds}], run_dir)
+    frames = detector.timing.frames
+    return TrainResult(run_dir, 1, float("nan"), seconds, frames / max(seconds, 1e-9), fitted_only=True, epochs_run=1)

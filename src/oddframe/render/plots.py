@@ -15,13 +15,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from oddframe.files import atomic_write
+
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Save ``fig`` as a PNG at its own size, creating parent folders."""
+    """Save ``fig`` as a PNG at its own size, creating parent folders (atomically)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, format="png")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
 
 
@@ -118,8 +119,8 @@ def _spans(labels: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _score_axes(ax: Any, frames: np.ndarray, scores: np.ndarray, labels: np.ndarray | None, threshold: float | None,
-                name: str | None) -> None:
-    """Draw one video's score curve, its ground-truth spans and the threshold on ``ax``."""
+                name: str | None, members: dict[str, np.ndarray] | None = None) -> None:
+    """Draw one video's score curve, its ground-truth spans, its members' curves and the threshold on ``ax``."""
     order = np.argsort(frames, kind="stable")
     f, s = frames[order], scores[order]
     if labels is not None:
@@ -127,6 +128,8 @@ def _score_axes(ax: Any, frames: np.ndarray, scores: np.ndarray, labels: np.ndar
         for i, (a, b) in enumerate(_spans(lab)):
             ax.axvspan(f[a] - 0.5, f[b] + 0.5, color="tab:red", alpha=0.18, lw=0,
                        label="ground-truth anomaly" if i == 0 else None)
+    for (member, m), colour in zip((members or {}).items(), ("tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:olive")):
+        ax.plot(f, m[order], color=colour, lw=0.8, alpha=0.8, label=f"member {member}")
     ax.plot(f, s, color="tab:blue", lw=1.2, label="frame score")
     if threshold is not None:
         ax.axhline(threshold, color="black", ls="--", lw=1.0, label=f"threshold {threshold:.4g}")
@@ -151,6 +154,7 @@ def plot_scores(
     width: float = 10.0,
     row_height: float = 2.6,
     dpi: int = 100,
+    members: dict[str, Any] | None = None,
 ) -> Path:
     """Plot frame scores against the frame index, one panel per video, ground-truth anomalies shaded.
 
@@ -166,6 +170,7 @@ def plot_scores(
         row_height: inches per video panel (+ 0.8 inch for the title and axis label); the PNG is
             ``width * dpi`` by ``(row_height * n_videos + 0.8) * dpi`` pixels.
         dpi: dots per inch.
+        members: optional ``{name: (N,) scores}`` of a fused run's members, drawn as thin lines.
 
     Returns:
         ``path``.
@@ -182,6 +187,8 @@ def plot_scores(
         lengths["labels"] = len(lab)
     if vid is not None:
         lengths["videos"] = len(vid)
+    mem = {k: np.asarray(v, dtype=np.float64).ravel() for k, v in (members or {}).items()}
+    lengths.update({f"member {k}": len(v) for k, v in mem.items()})
     if len(set(lengths.values())) != 1:
         raise ValueError(f"frames, scores, labels and videos must have one length, got {lengths}")
     if len(f) == 0:
@@ -193,7 +200,7 @@ def plot_scores(
     for ax, name in zip(axes, names):
         sel = np.ones(len(f), bool) if name is None else vid == name
         known = None if lab is None else np.where(np.isfinite(lab[sel]) & (lab[sel] >= 0), lab[sel], 0)
-        _score_axes(ax, f[sel], s[sel], known, threshold, name)
+        _score_axes(ax, f[sel], s[sel], known, threshold, name, {k: v[sel] for k, v in mem.items()})
     axes[-1].set_xlabel("frame index")
     axes[0].legend(loc="upper right", fontsize=8)
     fig.suptitle(title)

@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import oddframe
 from oddframe.errors import CheckpointError
+from oddframe.files import atomic_write
 from oddframe.render.plots import plot_loss, plot_region_curve, plot_roc, plot_scores
 
 REPORT = "report.html"
@@ -75,6 +76,7 @@ class Scores:
     scores: list[float] = field(default_factory=list)
     labels: list[float] = field(default_factory=list)
     flagged: list[int | None] = field(default_factory=list)
+    members: dict[str, list[float]] = field(default_factory=dict)  #: a fused run's ``member:<name>`` columns
 
 
 def _read_metrics(path: Path) -> dict[str, Any] | None:
@@ -107,6 +109,9 @@ def read_scores(path: Path) -> Scores | None:
                 out.scores.append(float(row["score"]))
                 out.labels.append(float(label) if label else math.nan)
                 out.flagged.append(int(flag) if flag else None)
+                for key in reader.fieldnames or []:
+                    if key.startswith("member:"):
+                        out.members.setdefault(key.removeprefix("member:"), []).append(float(row[key] or "nan"))
             except (TypeError, ValueError) as e:
                 raise CheckpointError(f"{path}, line {line}: bad value ({e}) in {row}") from e
             out.videos.append(row["video"])
@@ -260,11 +265,14 @@ def _make_plots(folder: Path, scores: Scores | None, history: list[dict] | None,
         labels = scores.labels if any(lab in (0.0, 1.0) for lab in scores.labels) else None
         if len(names) <= MAX_SCORE_PANELS:  # one panel per video
             plot_scores(scores.frames, scores.scores, folder / SCORES_PNG, labels=labels, threshold=threshold,
-                        videos=scores.videos, title="Frame scores per video (higher = more unusual)")
+                        videos=scores.videos, title="Frame scores per video (higher = more unusual)",
+                        members=scores.members or None)
         else:  # many short videos: one curve of all scored frames end to end, in file order
             plot_scores(list(range(len(scores.scores))), scores.scores, folder / SCORES_PNG, labels=labels,
                         threshold=threshold, title=f"Frame scores of all {len(names)} videos end to end")
     caption = "Frame scores; shaded = ground-truth anomalous frames; dashed = threshold."
+    if scores.members:
+        caption += " Thin lines: each fused member's score, calibrated on normal training frames (z-score)."
     if len(names) > MAX_SCORE_PANELS:
         caption = f"Frame scores of the {len(names)} videos end to end (x = running frame number); " + caption
     figures.append((SCORES_PNG, caption))
@@ -296,11 +304,16 @@ def write_report(folder: str | Path, *, title: str | None = None) -> Path:
         The path of ``report.html``.
 
     Raises:
-        CheckpointError: ``folder`` is not a folder, or metrics.json, scores.csv or top/top.json is malformed.
+        CheckpointError: ``folder`` is not a folder, holds no evaluation (no metrics.json), or metrics.json, scores.csv or top/top.json is malformed.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder; pass the output folder of an evaluation")
+    if not (folder / "metrics.json").is_file():
+        raise CheckpointError(
+            f"{folder}: no evaluation here (metrics.json is missing); write one with "
+            "`oddframe eval --checkpoint RUN --data DATA --out FOLDER`, which also writes the report"
+        )
     metrics = _read_metrics(folder / "metrics.json")
     scores = read_scores(folder / "scores.csv")
     history = _read_history(folder / "history.csv")
@@ -318,10 +331,7 @@ def write_report(folder: str | Path, *, title: str | None = None) -> Path:
             '<nav><a href="#results">Results</a><a href="#plots">Plots</a><a href="#top">Most anomalous frames</a>'
             '<a href="#video">Video</a><a href="#config">Config</a></nav>',
             '<section id="results"><h2>Results</h2>', _summary_html(scores)]
-    if metrics is not None:
-        body += [_metrics_html(metrics), '<p><a href="metrics.json">metrics.json</a></p>', _protocol_html(metrics)]
-    else:
-        body.append('<p class="note">No metrics.json in this folder (a detection run without labels?).</p>')
+    body += [_metrics_html(metrics or {}), '<p><a href="metrics.json">metrics.json</a></p>', _protocol_html(metrics or {})]
     body += [f'<p class="note">{esc(n)}</p>' for n in notes]
     body.append("</section>")
 
@@ -366,5 +376,5 @@ def write_report(folder: str | Path, *, title: str | None = None) -> Path:
             f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")
     out = folder / REPORT
-    out.write_text(page, encoding="utf-8")
+    atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return out
