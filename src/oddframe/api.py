@@ -20,6 +20,7 @@ from oddframe.data.layouts import load_dataset, open_input
 from oddframe.data.sources import open_source
 from oddframe.data.synthetic import write_synthetic_dataset
 from oddframe.pipeline.bench import bench
+from oddframe.pipeline.archive import detect_many
 from oddframe.pipeline.detect import detect
 from oddframe.pipeline.calibrate import calibrate
 from oddframe.pipeline.evaluate import evaluate
@@ -35,6 +36,7 @@ __all__ = [
     "builtin_config",
     "calibrate",
     "detect",
+    "detect_many",
     "evaluate",
     "export",
     "fuse",

@@ -231,7 +231,8 @@ def calibrate(
 @app.command()
 @_friendly
 def detect(
-    input_path: Path = typer.Argument(..., metavar="INPUT", help="Any source or dataset oddframe reads."),
+    inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Any source or dataset oddframe reads; several "
+                                       "(paths, a folder of videos, a quoted glob, a .txt list) score each into OUT/<name>/."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder of a trained model."),
     out: Path = typer.Option(..., "--out", help="Folder for scores.csv (and maps)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
@@ -242,11 +243,25 @@ def detect(
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted detection in --out (same arguments)."),
     backend: str = typer.Option("torch", help="torch, or an exported model (oddframe export first): onnxruntime, "
                                 "openvino, onnxruntime-int8, openvino-int8."),
+    workers: int = typer.Option(1, help="Several inputs: worker processes scoring them in parallel."),
+    threads: Optional[int] = typer.Option(None, help="Several inputs: torch threads per worker (default: cores / workers)."),
+    cluster: Optional[str] = typer.Option(None, help="Several inputs: a Dask scheduler address (tcp://host:8786), or "
+                                          "auto for a local cluster of --workers processes (pip install 'oddframe[cluster]')."),
 ) -> None:
     """Score every frame (and pixel) of new footage with a trained model."""
     from oddframe import api
+    from oddframe.pipeline.archive import is_many
 
-    s = api.detect(checkpoint, input_path, out, overrides=list(set_ or []), maps=maps, video=video, device=device,
+    if is_many(inputs):
+        if video is not None:
+            raise ValueError("--video writes one MP4: give one input, or detect several without --video")
+        _detect_many(api.detect_many(checkpoint, inputs, out, overrides=list(set_ or []), maps=maps, backend=backend,
+                                     workers=workers, threads=threads, cluster=cluster, overwrite=overwrite))
+        return
+    if workers > 1 or cluster:
+        raise ValueError("--workers and --cluster score several inputs in parallel; give several inputs, a folder of "
+                         "videos, a quoted glob or a .txt list (one input runs as one detection)")
+    s = api.detect(checkpoint, inputs[0], out, overrides=list(set_ or []), maps=maps, video=video, device=device,
                    overwrite=overwrite, resume=resume, backend=backend)
     t = s.timing
     stages = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f}" for k, v in t.items()
@@ -261,6 +276,24 @@ def detect(
         line += f"; in the video writer's thread, in parallel: render {t['render_s']:.1f} s, encode {t['encode_s']:.1f} s"
     out_console.print(line, highlight=False)
     out_console.print("written: " + ", ".join(str(p) for p in s.files), highlight=False)
+
+
+def _detect_many(s) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{len(s.rows)} inputs in {s.seconds:.1f} s")
+    for col in ("inputs", "scored", "skipped (complete)", "errors", "not finished", "frames", "flagged"):
+        table.add_column(col, justify="right")
+    unfinished = s.count("interrupted") + s.count("not started")
+    table.add_row(str(len(s.rows)), str(s.count("done")), str(s.count("skipped")), str(len(s.errors)),
+                  str(unfinished), str(s.frames), str(s.flagged))
+    out_console.print(table)
+    for r in s.errors:
+        out_console.print(f"error: {r['input']}: {r['error']}", style="red", markup=False, highlight=False)
+    out_console.print("written: " + ", ".join(str(p) for p in s.files) + f" and one folder per input in {s.out}",
+                      highlight=False)
+    if s.errors:
+        raise typer.Exit(1)
 
 
 @app.command()

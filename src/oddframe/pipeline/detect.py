@@ -146,6 +146,31 @@ def _resume_point(journal: ScoreJournal, videos: list[Video], out: Path, video: 
     return n
 
 
+@dataclass
+class LoadedRun:
+    """A run ready to detect with: its model, config (with the overrides) and exported runner (None for torch).
+
+    Load it once with :func:`load_for_detection` and pass it to :func:`detect` for each of many inputs (the
+    parallel workers of :mod:`oddframe.pipeline.archive` do), instead of loading the run for each.
+    """
+
+    run_dir: Path
+    overrides: tuple[str, ...]
+    backend: str
+    model: Any
+    config: Any
+    runner: Any
+
+
+def load_for_detection(run_dir: str | Path, *, overrides: tuple[str, ...] | list[str] = (),
+                       backend: str = "torch") -> LoadedRun:
+    """Load a run (and its exported backend) for :func:`detect`; a bad config, run or backend is refused here."""
+    model, config = load_run(run_dir, overrides=overrides)
+    shape = (config.data.channels, config.data.clip_length, *config.data.size)
+    runner = open_backend(backend, run_dir, clip_shape=shape, weights=Path(run_dir) / WEIGHTS)
+    return LoadedRun(Path(run_dir), tuple(overrides), backend, model, config, runner)
+
+
 def detect(
     run_dir: str | Path,
     input_path: str | Path,
@@ -159,6 +184,7 @@ def detect(
     overwrite: bool = False,
     resume: bool = False,
     backend: str = "torch",
+    loaded: LoadedRun | None = None,
 ) -> DetectSummary:
     """Score every frame of ``input_path`` (any source or dataset; a dataset's test split) with a trained run.
 
@@ -172,6 +198,7 @@ def detect(
         resume: continue the interrupted detection in ``out`` (same run, input and options).
         backend: run the map with PyTorch (``torch``) or an exported runtime (:data:`oddframe.backends.BACKENDS`;
             ``oddframe export`` first).
+        loaded: the run already loaded by :func:`load_for_detection` (same run, overrides and backend).
 
     Raises:
         OutputError: ``out`` (or ``video``) is being written by another process, holds a detection and neither
@@ -186,9 +213,11 @@ def detect(
     args = {"checkpoint": str(Path(run_dir).resolve()), "input": str(Path(input_path).resolve()),
             "overrides": list(overrides), "maps": maps, "video": str(video.resolve()) if video else None,
             "backend": backend}
-    model, config = load_run(run_dir, overrides=overrides)  # a bad config or run is refused before out is touched
-    shape = (config.data.channels, config.data.clip_length, *config.data.size)
-    runner = open_backend(backend, run_dir, clip_shape=shape, weights=Path(run_dir) / WEIGHTS)  # and a bad backend
+    if loaded is None:  # a bad config, run or backend is refused before out is touched
+        loaded = load_for_detection(run_dir, overrides=overrides, backend=backend)
+    elif (loaded.run_dir, loaded.overrides, loaded.backend) != (Path(run_dir), tuple(overrides), backend):
+        raise ValueError("loaded holds another run, overrides or backend than asked for")
+    model, config, runner = loaded.model, loaded.config, loaded.runner
     with contextlib.ExitStack() as stack:
         stack.enter_context(output_lock(out, "oddframe detect"))
         if video is not None:
