@@ -197,7 +197,7 @@ def _local(jobs: list[dict], fn: Callable[[dict], dict], workers: int, threads: 
                 return
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker, initargs=(threads or 1,)) as pool:
         futures = {pool.submit(fn, job): job for job in jobs}
         try:
             for f in as_completed(futures):
@@ -313,7 +313,8 @@ def detect_many(
 
     Args:
         workers: worker processes (on this machine, or of the local cluster with ``cluster="auto"``).
-        threads: torch threads per worker (default: the cores divided among the workers, at least 1).
+        threads: torch threads per worker (default: the cores divided among the workers, at least 1; with one
+            worker, this process's setting).
         cluster: a Dask scheduler address, or ``"auto"`` for a local cluster; None runs on this machine.
         overwrite: detect every input again (default: skip the complete ones, resume the interrupted ones).
 
@@ -330,7 +331,8 @@ def detect_many(
     load_for_detection(run_dir, overrides=overrides, backend=backend)  # refuse a bad run before any worker starts
     if cluster:
         require_dask()
-    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    here = workers == 1 and not cluster  # in this process: its thread setting stays unless threads is given
+    threads = threads or (0 if here else max(1, (os.cpu_count() or 1) // workers))
     jobs = [{"name": n, "input": str(p.resolve()), "out": str(out / n)} for n, p in zip(job_names(paths), paths)]
     fn = _Job(str(Path(run_dir).resolve()), tuple(overrides), backend, maps, overwrite, threads)
     with output_lock(out, "oddframe detect (many inputs)"):
