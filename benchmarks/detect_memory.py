@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -45,17 +44,28 @@ def cut_and_repeat(video: Path, out: Path, frames: int, repeat: int) -> int:
     return len(packets) * repeat
 
 
-def peak_rss_of(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Run ``cmd`` in a fresh child (via a wrapper process, so the child's peak is the only one it sees)."""
-    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-               "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_counter() - t, r.returncode); "
-               "sys.stderr.write(r.stdout + r.stderr)")
-    r = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env)
-    kib, wall, code = r.stdout.split()
-    if int(code) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-    return int(kib) / 1024, float(wall), r.stderr
+def peak_rss_of(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float, list[tuple[float, float]]]:
+    """Run ``cmd`` (output to ``log``); its peak RSS in MiB (``ru_maxrss`` of that child alone), wall seconds, and
+    RSS samples ``(seconds, MiB)`` every 0.25 s (a plateau means no growth with the input's length)."""
+    import psutil
+
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        ps, samples = psutil.Process(proc.pid), []
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # reaps it ourselves, to read its rusage
+            if pid:
+                break
+            try:
+                samples.append((time.perf_counter() - t0, ps.memory_info().rss / 2**20))
+            except psutil.Error:
+                pass
+            time.sleep(0.25)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{log.read_text()[-3000:]}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - t0, samples
 
 
 def main() -> None:
@@ -76,13 +86,15 @@ def main() -> None:
         det = args.out / f"detect_x{repeat}"
         cmd = [sys.executable, "-m", "oddframe.cli", "detect", str(clip), "--checkpoint", str(args.run), "--out",
                str(det), "--video", str(det / "anomaly.mp4"), "--overwrite"]
-        mib, wall, log = peak_rss_of(cmd, env)
+        mib, wall, samples = peak_rss_of(cmd, env, args.out / f"detect_x{repeat}.log")
+        quarters = [max((m for t, m in samples if t <= wall * q), default=0.0) for q in (0.25, 0.5, 0.75, 1.0)]
         record = json.loads((det / "detect.json").read_text())
         fps = record["timing"]["fps"]
         rows.append({"repeat": repeat, "frames": record["n_frames"], "expected_frames": n, "peak_rss_mib": mib,
-                     "wall_s": wall, "fps": fps})
+                     "wall_s": wall, "fps": fps, "rss_by_quarter_mib": quarters})
         print(f"x{repeat}: {record['n_frames']} frames, peak RSS {mib:.0f} MiB, {fps:.1f} frames/s "
-              f"(detection loop), {wall:.1f} s wall for the whole command", flush=True)
+              f"(detection loop), {wall:.1f} s wall for the whole command; largest RSS sampled by 1/4, 1/2, 3/4 and "
+              f"all of the run: {', '.join(f'{q:.0f}' for q in quarters)} MiB", flush=True)
     ratio = rows[1]["peak_rss_mib"] / rows[0]["peak_rss_mib"]
     print(f"peak RSS ratio x{args.repeat} / x1: {ratio:.3f} (target <= 1.1); "
           f"frames/s x1 {rows[0]['fps']:.1f}, x{args.repeat} {rows[1]['fps']:.1f}; {time.strftime('%Y-%m-%d')}")
