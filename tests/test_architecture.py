@@ -88,3 +88,14 @@ def test_bench_uses_only_the_public_task_functions() -> None:
             assert all(not a.name.startswith("_") for a in node.names), f"bench imports a private name of {node.module}"
     for task in PIPELINE_TASKS:
         assert "pipeline.bench" not in _imports(SRC / "pipeline" / f"{task}.py")
+
+
+def test_archive_uses_only_the_public_detect_task() -> None:
+    """archive runs detect through its public names only, and no task imports archive."""
+    tree = ast.parse((SRC / "pipeline" / "archive.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in {f"oddframe.pipeline.{t}" for t in PIPELINE_TASKS}:
+            assert node.module == "oddframe.pipeline.detect", f"archive imports {node.module}"
+            assert all(not a.name.startswith("_") for a in node.names), "archive imports a private name of detect"
+    for task in PIPELINE_TASKS:
+        assert "pipeline.archive" not in _imports(SRC / "pipeline" / f"{task}.py")

@@ -7,6 +7,7 @@
 >>> metrics = api.evaluate("runs/ped2", "../shared/data/ped2", "runs/ped2/eval")
 >>> api.detect("runs/ped2", "video.mp4", "runs/ped2/detect", video="runs/ped2/detect/anomaly.mp4")
 >>> api.watch("runs/ped2", "rtsp://camera.local/stream", events="events.jsonl", duration=60)
+>>> api.export("runs/ped2", int8=True)                                # then detect(..., backend="openvino")
 >>> api.bench(["configs/ped2_conv3d_ae.yaml", "configs/ped2_convlstm_ae.yaml"], "../shared/data/ped2", "bench/ped2")
 """
 
@@ -20,9 +21,11 @@ from oddframe.data.layouts import load_dataset, open_input
 from oddframe.data.sources import open_source
 from oddframe.data.synthetic import write_synthetic_dataset
 from oddframe.pipeline.bench import bench
+from oddframe.pipeline.archive import detect_many
 from oddframe.pipeline.detect import detect
 from oddframe.pipeline.calibrate import calibrate
 from oddframe.pipeline.evaluate import evaluate
+from oddframe.pipeline.export import export
 from oddframe.registry import build_model, list_models
 from oddframe.runs import load_run
 from oddframe.pipeline.train import fuse, train
@@ -35,7 +38,9 @@ __all__ = [
     "builtin_config",
     "calibrate",
     "detect",
+    "detect_many",
     "evaluate",
+    "export",
     "fuse",
     "list_models",
     "load_config",

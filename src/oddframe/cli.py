@@ -231,7 +231,8 @@ def calibrate(
 @app.command()
 @_friendly
 def detect(
-    input_path: Path = typer.Argument(..., metavar="INPUT", help="Any source or dataset oddframe reads."),
+    inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Any source or dataset oddframe reads; several "
+                                       "(paths, a folder of videos, a quoted glob, a .txt list) score each into OUT/<name>/."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder of a trained model."),
     out: Path = typer.Option(..., "--out", help="Folder for scores.csv (and maps)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
@@ -242,12 +243,31 @@ def detect(
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted detection in --out (same arguments)."),
     start_frame: int = typer.Option(0, "--start-frame", min=0, help="First frame of each input video scored."),
     stop_frame: Optional[int] = typer.Option(None, "--stop-frame", min=1, help="Frame where scoring stops (exclusive)."),
+    backend: str = typer.Option("torch", help="torch, or an exported model (oddframe export first): onnxruntime, "
+                                "openvino, onnxruntime-int8, openvino-int8."),
+    workers: int = typer.Option(1, help="Several inputs: worker processes scoring them in parallel."),
+    threads: Optional[int] = typer.Option(None, help="Several inputs: torch threads per worker (default: cores / workers)."),
+    cluster: Optional[str] = typer.Option(None, help="Several inputs: a Dask scheduler address (tcp://host:8786), or "
+                                          "auto for a local cluster of --workers processes (pip install 'oddframe[cluster]')."),
 ) -> None:
     """Score every frame (and pixel) of new footage with a trained model."""
     from oddframe import api
+    from oddframe.pipeline.archive import is_many
 
-    s = api.detect(checkpoint, input_path, out, overrides=list(set_ or []), maps=maps, video=video, device=device,
-                   overwrite=overwrite, resume=resume, start_frame=start_frame, stop_frame=stop_frame)
+    if is_many(inputs):
+        if start_frame or stop_frame is not None:
+            raise ValueError("--start-frame/--stop-frame choose frames of one input: give one input")
+        if video is not None:
+            raise ValueError("--video writes one MP4: give one input, or detect several without --video")
+        _detect_many(api.detect_many(checkpoint, inputs, out, overrides=list(set_ or []), maps=maps, backend=backend,
+                                     workers=workers, threads=threads, cluster=cluster, overwrite=overwrite))
+        return
+    if workers > 1 or cluster:
+        raise ValueError("--workers and --cluster score several inputs in parallel; give several inputs, a folder of "
+                         "videos, a quoted glob or a .txt list (one input runs as one detection)")
+    s = api.detect(checkpoint, inputs[0], out, overrides=list(set_ or []), maps=maps, video=video, device=device,
+                   overwrite=overwrite, resume=resume, backend=backend, start_frame=start_frame,
+                   stop_frame=stop_frame)
     t = s.timing
     stages = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f}" for k, v in t.items()
                        if k.endswith("_s") and k not in ("wall_s", "render_s", "encode_s"))
@@ -316,6 +336,45 @@ def watch(
     console.print(line, markup=False, highlight=False)
     if s.clips:
         console.print(f"clips: {len(s.clips)} in {s.clips[0].parent}", markup=False, highlight=False)
+
+
+def _detect_many(s) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{len(s.rows)} inputs in {s.seconds:.1f} s")
+    for col in ("inputs", "scored", "skipped (complete)", "errors", "not finished", "frames", "flagged"):
+        table.add_column(col, justify="right")
+    unfinished = s.count("interrupted") + s.count("not started")
+    table.add_row(str(len(s.rows)), str(s.count("done")), str(s.count("skipped")), str(len(s.errors)),
+                  str(unfinished), str(s.frames), str(s.flagged))
+    out_console.print(table)
+    for r in s.errors:
+        out_console.print(f"error: {r['input']}: {r['error']}", style="red", markup=False, highlight=False)
+    out_console.print("written: " + ", ".join(str(p) for p in s.files) + f" and one folder per input in {s.out}",
+                      highlight=False)
+    if s.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_friendly
+def export(
+    run: Path = typer.Argument(..., help="Run folder of a trained model."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx: read by ONNX Runtime and OpenVINO)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write model.int8.onnx, quantised on normal clips."),
+    data: Optional[Path] = typer.Option(None, help="Normal footage for calibration and checks (default: the run's data.path)."),
+    calibration_clips: int = typer.Option(64, help="Normal clips that set the int8 activation ranges."),
+) -> None:
+    """Export a trained model for fast CPU inference (needs pip install 'oddframe[onnx]'); detect --backend uses it."""
+    from oddframe import api
+
+    s = api.export(run, fmt=fmt, int8=int8, data=data, calibration_clips=calibration_clips)
+    out_console.print(f"wrote {', '.join(str(f) for f in s.files)} in {s.seconds:.1f} s; agreement with PyTorch:")
+    for name, r in s.agreement.items():
+        verdict = "ok" if r["within_tolerance"] else "BEYOND TOLERANCE: prefer another backend"
+        out_console.print(f"  --backend {name}: max map difference {r['max_map_diff']:.2e}, frame scores within "
+                          f"{100 * r['max_score_diff_rel']:.2f} % of their range (corr {r['score_corr']:.5f}) {verdict}",
+                          highlight=False)
 
 
 @app.command(name="eval")

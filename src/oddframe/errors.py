@@ -23,6 +23,10 @@ class CheckpointError(OddframeError):
     """A run folder or checkpoint is missing, incomplete or unsafe."""
 
 
+class BackendError(OddframeError):
+    """An exported-inference backend is not installed, or a model cannot be exported."""
+
+
 class OutputError(OddframeError):
     """An output cannot be written: another oddframe process is writing it, or it exists and would be replaced."""
 

@@ -6,9 +6,11 @@ training videos once (:func:`load_video_frames`, float16) and cuts windows from 
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +22,8 @@ from oddframe.data.dataset import select_scenes
 from oddframe.data.layouts import Video, open_input
 from oddframe.data.sources import FrameRangeSource, FrameSource
 from oddframe.data.transforms import FrameTransform
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -71,6 +75,56 @@ def iter_frames(
             continue
         data, valid = transform(frame)
         yield TransformedFrame(frame.index, frame.time, data, valid, frame.data if keep_raw else None)
+
+
+def prefetched(items: Iterable[T], *, depth: int = 32) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, up to ``depth`` items ahead, so that decoding and transforming the
+    next frames overlaps with what the consumer does (the model: PyAV, OpenCV and torch all release the GIL).
+
+    The order and the items are those of ``items``; an exception raised while producing is raised here, with its
+    traceback; closing this generator early stops the thread and closes ``items`` (e.g. a video container).
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(message: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(message, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        it = iter(items)
+        try:
+            for x in it:
+                if not put(("item", x)):
+                    break
+            else:
+                put(("end", None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(("error", exc))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="oddframe-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, x = q.get()
+            if kind == "item":
+                yield x  # type: ignore[misc]
+            elif kind == "error":
+                raise x  # type: ignore[misc]
+            else:
+                return
+    finally:
+        stop.set()
+        thread.join()
 
 
 def normal_videos(

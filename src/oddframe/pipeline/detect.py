@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from oddframe.backends import open_backend
 from oddframe.data.inspect import frame_ranges
 from oddframe.data.layouts import Video, open_input
 from oddframe.data.sources import FrameRangeSource
@@ -42,7 +43,7 @@ from oddframe.pipeline.outputs import (
     write_scores_csv,
 )
 from oddframe.progress import progress_bar
-from oddframe.runs import load_run, read_calibration
+from oddframe.runs import WEIGHTS, load_run, read_calibration
 from oddframe.stopping import StopRequest
 
 SCORES, JOURNAL, RECORD = "scores.csv", "scores.partial.csv", "detect.json"
@@ -144,6 +145,31 @@ def _resume_point(journal: ScoreJournal, videos: list[Video], out: Path, video: 
     return n
 
 
+@dataclass
+class LoadedRun:
+    """A run ready to detect with: its model, config (with the overrides) and exported runner (None for torch).
+
+    Load it once with :func:`load_for_detection` and pass it to :func:`detect` for each of many inputs (the
+    parallel workers of :mod:`oddframe.pipeline.archive` do), instead of loading the run for each.
+    """
+
+    run_dir: Path
+    overrides: tuple[str, ...]
+    backend: str
+    model: Any
+    config: Any
+    runner: Any
+
+
+def load_for_detection(run_dir: str | Path, *, overrides: tuple[str, ...] | list[str] = (),
+                       backend: str = "torch") -> LoadedRun:
+    """Load a run (and its exported backend) for :func:`detect`; a bad config, run or backend is refused here."""
+    model, config = load_run(run_dir, overrides=overrides)
+    shape = (config.data.channels, config.data.clip_length, *config.data.size)
+    runner = open_backend(backend, run_dir, clip_shape=shape, weights=Path(run_dir) / WEIGHTS)
+    return LoadedRun(Path(run_dir), tuple(overrides), backend, model, config, runner)
+
+
 def detect(
     run_dir: str | Path,
     input_path: str | Path,
@@ -158,6 +184,8 @@ def detect(
     resume: bool = False,
     start_frame: int = 0,
     stop_frame: int | None = None,
+    backend: str = "torch",
+    loaded: LoadedRun | None = None,
 ) -> DetectSummary:
     """Score every frame of ``input_path`` (any source or dataset; a dataset's test split) with a trained run.
 
@@ -172,6 +200,9 @@ def detect(
         start_frame: first frame of each input video scored.
         stop_frame: frame where scoring of each input video stops (excluded; None = its end). Frame
             numbers in the outputs stay those of the whole video.
+        backend: run the map with PyTorch (``torch``) or an exported runtime (:data:`oddframe.backends.BACKENDS`;
+            ``oddframe export`` first).
+        loaded: the run already loaded by :func:`load_for_detection` (same run, overrides and backend).
 
     Raises:
         OutputError: ``out`` (or ``video``) is being written by another process, holds a detection and neither
@@ -188,8 +219,13 @@ def detect(
     video = Path(video) if video is not None else None
     args = {"checkpoint": str(Path(run_dir).resolve()), "input": str(Path(input_path).resolve()),
             "overrides": list(overrides), "maps": maps, "video": str(video.resolve()) if video else None,
-            "start_frame": start_frame, "stop_frame": stop_frame}
-    model, config = load_run(run_dir, overrides=overrides)  # a bad config or run is refused before out is touched
+            "start_frame": start_frame, "stop_frame": stop_frame,
+            "backend": backend}
+    if loaded is None:  # a bad config, run or backend is refused before out is touched
+        loaded = load_for_detection(run_dir, overrides=overrides, backend=backend)
+    elif (loaded.run_dir, loaded.overrides, loaded.backend) != (Path(run_dir), tuple(overrides), backend):
+        raise ValueError("loaded holds another run, overrides or backend than asked for")
+    model, config, runner = loaded.model, loaded.config, loaded.runner
     with contextlib.ExitStack() as stack:
         stack.enter_context(output_lock(out, "oddframe detect"))
         if video is not None:
@@ -198,12 +234,12 @@ def detect(
         stop = stack.enter_context(StopRequest("detection"))
         return _detect(model, config, run_dir, input_path, out, video, args, maps=maps, progress=progress,
                        device=device, resume=resume, stop=stop, t_start=t_start,
-                       frames=(start_frame, stop_frame))
+                       frames=(start_frame, stop_frame), runner=runner)
 
 
 def _detect(model, config, run_dir, input_path, out: Path, video: Path | None, args: dict[str, Any], *, maps: bool,
             progress: bool, device: str | None, resume: bool, stop: StopRequest, t_start: float,
-            frames: tuple[int, int | None] = (0, None)) -> DetectSummary:
+            frames: tuple[int, int | None] = (0, None), runner: Any = None) -> DetectSummary:
     from oddframe.render.video import AnomalyVideoWriter, BackgroundVideoWriter, partial_path
 
     calibration = read_calibration(run_dir)
@@ -214,7 +250,7 @@ def _detect(model, config, run_dir, input_path, out: Path, video: Path | None, a
     if frames != (0, None):  # detect --start-frame/--stop-frame: labels and masks keep the video's numbering
         videos = [replace(v, source=FrameRangeSource(v.source, start=frames[0], stop=frames[1])) for v in videos]
     warn_conversions(videos, config)
-    detector = detector_for(model, config, device=device)
+    detector = detector_for(model, config, device=device, backend=runner)
     write_json({"status": "running", "args": args}, out / RECORD)
     journal = ScoreJournal(out / JOURNAL, resume=resume)
     resumed = 0

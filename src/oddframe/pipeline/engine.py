@@ -16,7 +16,7 @@ import time
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ import torch
 from oddframe.config import Config
 from oddframe.data.clips import Clip, collate
 from oddframe.data.layouts import Video
-from oddframe.data.loading import TransformedFrame, iter_frames
+from oddframe.data.loading import TransformedFrame, iter_frames, prefetched
 from oddframe.data.transforms import conversion_note, frame_transform
 from oddframe.errors import CheckpointError, ConfigError
 from oddframe.features import with_features
@@ -65,8 +65,9 @@ class FrameResult:
 
 @dataclass
 class Timing:
-    """Where detection time goes, in seconds: decoding and transforming frames, the model's forward passes,
-    frame scoring, and ``extra`` by name (each derived input, e.g. ``flow``; ``render`` for videos)."""
+    """Where detection time goes, in seconds: waiting for the next decoded and transformed frame (``decode``: what
+    the prefetching thread did not hide behind the model), the model's forward passes, frame scoring, and ``extra``
+    by name (each derived input, e.g. ``flow``; ``render`` for videos)."""
 
     decode: float = 0.0
     model: float = 0.0
@@ -116,6 +117,8 @@ class Detector:
             the observed against the reconstructed clip (:func:`oddframe.ssim.ssim_map`) instead of the model's map.
         rule_options: keyword options of the rule (e.g. ``{"weighting": "log_area"}`` for ``"blob"``).
         device: where the model runs (default: :func:`default_device`).
+        backend: an exported runner of the same map (:mod:`oddframe.backends`: anything with
+            ``anomaly_map(batch) -> (B, T, H, W)``) called instead of the model; it runs on the CPU.
         min_valid_fraction: a frame with a smaller share of valid pixels gets no score (NaN, ``invalid``).
         eager: emit a frame as soon as the regular windows covering it are scored (a live stream: up to one window
             sooner), instead of waiting until the end-aligned last window of the stream can no longer cover it;
@@ -136,6 +139,7 @@ class Detector:
         device: torch.device | str | None = None,
         min_valid_fraction: float = 0.0,
         eager: bool = False,
+        backend: Any = None,
     ) -> None:
         if aggregate not in ("max", "mean"):
             raise ValueError(f"aggregate must be 'max' or 'mean', got {aggregate!r}")
@@ -144,6 +148,12 @@ class Detector:
                 f"score.rule=ssim compares each frame with the model's reconstruction, and "
                 f"{getattr(model, 'model_name', type(model).__name__)} reconstructs nothing; choose another score.rule"
             )
+        if rule == "ssim" and backend is not None:
+            raise ConfigError("score.rule=ssim needs the model's reconstruction, and an exported backend gives only "
+                              "its map: use --backend torch, or another score.rule")
+        self.backend = backend
+        if backend is not None:
+            device = "cpu"  # exported runtimes take CPU arrays
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.clip_length = clip_length
@@ -230,7 +240,8 @@ class Detector:
             if self.rule == "ssim":  # the one rule that needs the reconstruction rather than the model's map
                 maps = ssim_map(batch.frames, self.model.reconstruct(batch), batch.valid)
             else:
-                maps = self.model.anomaly_map(batch).float()
+                runner = self.model if self.backend is None else self.backend
+                maps = runner.anomaly_map(batch).float()
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # honest timing: kernels run asynchronously
         self.timing.model += time.perf_counter() - t0
@@ -259,9 +270,14 @@ class Detector:
 # --- From a run's config to a detector and a scored stream ---------------------------------------------------
 
 
-def detector_for(model: AnomalyModel, config: Config, *, device: torch.device | str | None = None) -> Detector:
-    """A :class:`Detector` set up from the run's data and score sections (a fused run's members each get theirs)."""
+def detector_for(
+    model: AnomalyModel, config: Config, *, device: torch.device | str | None = None, backend: Any = None
+) -> Detector:
+    """A :class:`Detector` set up from the run's data and score sections (a fused run's members each get theirs;
+    ``backend``: see :class:`Detector`)."""
     if isinstance(model, FusionModel):
+        if backend is not None:
+            raise ConfigError("a fused run detects with its members' PyTorch models: use --backend torch")
         from oddframe.pipeline.fusion import FusedDetector  # the fused detector builds on this module
 
         return FusedDetector(model, config, device=device)  # type: ignore[return-value]
@@ -275,6 +291,7 @@ def detector_for(model: AnomalyModel, config: Config, *, device: torch.device | 
         rule_options={"weighting": config.score.blob_weighting} if config.score.rule == "blob" else None,
         device=device,
         min_valid_fraction=config.score.min_valid_fraction,
+        backend=backend,
     )
 
 
@@ -301,8 +318,9 @@ def stream_video(
         keep_raw=keep_raw,
         start=s0 - lead,
     )
+    # Decoding, transforms and derived inputs run in a background thread, overlapping the model.
     derived = with_features(frames, detector.model.derived_inputs(), timing=detector.timing.extra)
-    stream = itertools.islice(derived, lead, None)
+    stream = prefetched(itertools.islice(derived, lead, None))
     results = detector.run(stream, video.name)
     return results if start == 0 else (r for p, r in enumerate(results, start=s0) if p >= start)
 
