@@ -296,7 +296,8 @@ def detector_for(
 
 
 def stream_video(
-    detector: Detector, video: Video, config: Config, *, keep_raw: bool = False, start: int = 0
+    detector: Detector, video: Video, config: Config, *, keep_raw: bool = False, start: int = 0,
+    prefetch: bool = True,
 ) -> Iterator[FrameResult]:
     """Score one video of a dataset frame by frame (with the derived inputs its model asks for).
 
@@ -304,6 +305,8 @@ def stream_video(
     from the beginning gives. The stream restarts at the last window start ``s0 <= start - clip_length`` (a
     multiple of the stride), so every window covering a frame from ``start`` on, the end-aligned last one included,
     is the same window; a derived input that needs the previous frame (flow) starts one frame earlier still.
+    ``prefetch`` decodes and transforms in a background thread, overlapping the model (off for a live source, whose
+    reader thread and bounded queue must see how far the model is behind).
     """
     if hasattr(detector, "stream"):  # a fused detector: each member transforms the decoded frames its own way
         fused = detector.stream(video, keep_raw=keep_raw)
@@ -320,7 +323,9 @@ def stream_video(
     )
     # Decoding, transforms and derived inputs run in a background thread, overlapping the model.
     derived = with_features(frames, detector.model.derived_inputs(), timing=detector.timing.extra)
-    stream = prefetched(itertools.islice(derived, lead, None))
+    stream = itertools.islice(derived, lead, None)
+    if prefetch:  # a live source has its own reader thread, and must not be pulled ahead of the model
+        stream = prefetched(stream)
     results = detector.run(stream, video.name)
     return results if start == 0 else (r for p, r in enumerate(results, start=s0) if p >= start)
 

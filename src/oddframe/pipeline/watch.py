@@ -169,7 +169,7 @@ class _Watch:
                 video = Video("live", _Segment(self._frames(), self.src.source))  # type: ignore[arg-type]
                 try:
                     keep_raw = self.clips is not None or self.view is not None  # frames shown as they came
-                    for r in stream_video(self.detector, video, self.config, keep_raw=keep_raw):
+                    for r in stream_video(self.detector, video, self.config, keep_raw=keep_raw, prefetch=False):
                         self._model_scored(r, live)
                 finally:  # the segment's last frames: scored by the engine's end-aligned window, then final
                     for (r, lat), score, flagged in live.finish():
