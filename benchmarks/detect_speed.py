@@ -42,50 +42,38 @@ def _clock() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def decode_only(videos, limit: int | None) -> tuple[int, float, float]:
-    """Frames, wall s and CPU s to decode the raw frames of ``videos`` (up to ``limit`` frames)."""
+def _timed(streams, limit: int | None) -> tuple[int, float, float]:
+    """Frames, wall s and CPU s to exhaust ``streams`` (one iterator per video, made lazily so that opening them is
+    timed too; each closed after use), stopping after ``limit`` frames in all."""
     (t0, c0), n = _clock(), 0
-    for v in videos:
-        for _ in v.source:
-            n += 1
-            if limit and n >= limit:
-                break
-        if limit and n >= limit:
-            break
-    t1, c1 = _clock()
-    return n, t1 - t0, c1 - c0
-
-
-def decode_transform(videos, config, limit: int | None) -> tuple[int, float, float]:
-    """The same with the run's frame transform (resize, grey, scaling to [-1, 1])."""
-    (t0, c0), n = _clock(), 0
-    transform = frame_transform(config.data)
-    for v in videos:
-        for _ in iter_frames(v.source, transform, sample_interval=config.data.sample_interval,
-                             sample_interval_sec=config.data.sample_interval_sec):
-            n += 1
-            if limit and n >= limit:
-                break
-        if limit and n >= limit:
-            break
-    t1, c1 = _clock()
-    return n, t1 - t0, c1 - c0
-
-
-def end_to_end(detector, videos, config, limit: int | None) -> tuple[int, float, float]:
-    """Frames, wall s and CPU s of the engine's detection (decode -> transform -> model -> scores)."""
-    (t0, c0), n = _clock(), 0
-    for v in videos:
-        stream = stream_video(detector, v, config)
+    for stream in streams:
         for _ in stream:
             n += 1
             if limit and n >= limit:
                 break
-        stream.close()
+        if hasattr(stream, "close"):  # stops a prefetching thread, closes a container
+            stream.close()
         if limit and n >= limit:
             break
     t1, c1 = _clock()
     return n, t1 - t0, c1 - c0
+
+
+def decode_only(videos, limit: int | None) -> tuple[int, float, float]:
+    """Frames, wall s and CPU s to decode the raw frames of ``videos`` (up to ``limit`` frames)."""
+    return _timed((iter(v.source) for v in videos), limit)
+
+
+def decode_transform(videos, config, limit: int | None) -> tuple[int, float, float]:
+    """The same with the run's frame transform (resize, grey, scaling to [-1, 1])."""
+    transform = frame_transform(config.data)
+    return _timed((iter_frames(v.source, transform, sample_interval=config.data.sample_interval,
+                               sample_interval_sec=config.data.sample_interval_sec) for v in videos), limit)
+
+
+def end_to_end(detector, videos, config, limit: int | None) -> tuple[int, float, float]:
+    """Frames, wall s and CPU s of the engine's detection (decode -> transform -> model -> scores)."""
+    return _timed((stream_video(detector, v, config) for v in videos), limit)
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -12,6 +11,8 @@ from safetensors.torch import load_file, save_file
 from oddframe.data.clips import Batch
 from oddframe.errors import ConfigError
 from oddframe.registry import build_model, list_models, model_params
+
+from helpers.diffusion import assert_detects, negatives, train_on_circles, zeroed_frame_scores
 
 
 
@@ -225,77 +226,32 @@ def test_bad_settings_and_inputs_raise_clear_errors() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- detection
-def _circle_clips(n: int, size: int, seed: int) -> torch.Tensor:
-    """``(n, 1, 4, size, size)`` normal sequences of seed 000 (a bright circle drifting smoothly) in ``[-1, 1]``."""
-    from oddframe.data.synthetic import normal_sequence
-
-    rng = np.random.default_rng(seed)
-    arr = np.stack([normal_sequence(rng, length=4, size=size) for _ in range(n)]).astype(np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr)[:, None]
-
-
-def _train(*, steps: int, batch_size: int, lr: float, **params: object) -> torch.nn.Module:
-    """``st_diffusion`` trained on normal circle clips with a plain Adam loop (and the EMA hook), in eval mode."""
-    torch.manual_seed(0)
-    model = build_model("st_diffusion", clip_length=4, **params)
-    train = _circle_clips(256, model.image_size[0], seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(steps):
-        loss = model.training_loss(Batch.from_frames(train[torch.randint(0, len(train), (batch_size,))]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        model.on_train_step_end()
-    return model.eval()
-
-
-def _frame_scores(model: torch.nn.Module, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame scores (mean of the map) ``(n_test, 4)`` of normal test clips and of the same clips with frame 2
-    zeroed (pixel value 0, i.e. -1 in ``[-1, 1]``: the circle vanishes, as in seed 000)."""
-    test = _circle_clips(n_test, model.image_size[0], seed=1)
-    corrupted = test.clone()
-    corrupted[:, :, 2] = -1.0
-    scores = model.anomaly_map(Batch.from_frames(torch.cat([test, corrupted]))).mean(dim=(2, 3))
-    return scores[:n_test], scores[n_test:]
-
-
-def _negatives(normal: torch.Tensor, zeroed: torch.Tensor) -> torch.Tensor:
-    """Every normal frame: all frames of the normal clips and the untouched frames (0, 1, 3) of the corrupted ones."""
-    return torch.cat([normal.flatten(), zeroed[:, [0, 1, 3]].flatten()])
-
-
-def _assert_detects(normal: torch.Tensor, zeroed: torch.Tensor, *, auroc_min: float, ratio_min: float) -> None:
-    """Frame-level AUROC of the zeroed frames against the normal frames, and a gap between their means."""
-    auroc = (zeroed[:, None] > normal[None, :]).float().mean().item()
-    detail = f"normal {[round(v, 3) for v in normal.tolist()]}, zeroed {[round(v, 3) for v in zeroed.tolist()]}"
-    assert auroc >= auroc_min, f"AUROC {auroc:.2f}; {detail}"
-    assert zeroed.mean() > ratio_min * normal.mean(), detail
-
-
 def test_detects_a_zeroed_frame_fast() -> None:
     # x0-prediction: the same process with a target that a tiny net learns in a few dozen steps; noise prediction
     # (the default) needed far more than a unit test can afford before its infills were clean (thousands of
     # steps at this size). About 15 s on one CPU core.
-    model = _train(
+    model = train_on_circles(
+        "st_diffusion",
         steps=50, batch_size=8, lr=3e-3, prediction="x0", ema_decay=0.999,
         **{**TINY, "image_size": (32, 32), "diffusion_steps": 1000, "sampling_steps": 10},
     )
-    normal, zeroed = _frame_scores(model, n_test=4)
+    normal, zeroed = zeroed_frame_scores(model, n_test=4)
     # Leave-one-out scores every frame: the negatives are every normal frame, including the untouched frames of the
     # corrupted clips (whose infills are conditioned on the zeroed frame).
-    _assert_detects(_negatives(normal, zeroed), zeroed[:, 2], auroc_min=0.9, ratio_min=1.5)
+    assert_detects(negatives(normal, zeroed), zeroed[:, 2], auroc_min=0.9, ratio_min=1.5)
 
 
 def test_detects_a_zeroed_frame_with_the_default_noise_prediction() -> None:
     # eps (DDPM, RaMViD and the model's default) learns far more slowly than x0 at unit-test budgets: 200 steps at
     # 16x16 give AUROC 0.75 (0.5 is chance) with every normal frame as a negative; the bound checks that it learns.
-    model = _train(
+    model = train_on_circles(
+        "st_diffusion",
         steps=200, batch_size=8, lr=3e-3, prediction="eps", ema_decay=0.99,
         **{**TINY, "diffusion_steps": 1000, "sampling_steps": 10},
     )
     assert model.diffusion.prediction == "eps"
-    normal, zeroed = _frame_scores(model, n_test=6)
-    _assert_detects(_negatives(normal, zeroed), zeroed[:, 2], auroc_min=0.7, ratio_min=1.3)
+    normal, zeroed = zeroed_frame_scores(model, n_test=6)
+    assert_detects(negatives(normal, zeroed), zeroed[:, 2], auroc_min=0.7, ratio_min=1.3)
 
 
 @pytest.mark.slow
@@ -303,11 +259,11 @@ def test_detects_a_zeroed_frame_after_longer_training() -> None:
     # v-prediction, a wider net and 8x the training of the fast test (a few minutes on CPU); stricter bounds, and
     # seed 000's own protocol (infill frame 2 only) on the same weights.
     params = {**TINY, "image_size": (32, 32), "base_channels": 16, "diffusion_steps": 1000, "sampling_steps": 10}
-    model = _train(steps=400, batch_size=16, lr=2e-3, prediction="v", ema_decay=0.999, **params)
-    normal, zeroed = _frame_scores(model, n_test=8)
-    _assert_detects(_negatives(normal, zeroed), zeroed[:, 2], auroc_min=0.95, ratio_min=2.0)
+    model = train_on_circles("st_diffusion", steps=400, batch_size=16, lr=2e-3, prediction="v", ema_decay=0.999, **params)
+    normal, zeroed = zeroed_frame_scores(model, n_test=8)
+    assert_detects(negatives(normal, zeroed), zeroed[:, 2], auroc_min=0.95, ratio_min=2.0)
     single = build_model("st_diffusion", clip_length=4, prediction="v", score_masks="single", **params)
     single.load_state_dict(model.state_dict())
-    normal, zeroed = _frame_scores(single.eval(), n_test=8)
+    normal, zeroed = zeroed_frame_scores(single.eval(), n_test=8)
     assert torch.all(normal[:, [0, 1, 3]] == 0) and torch.all(zeroed[:, [0, 1, 3]] == 0)
-    _assert_detects(normal[:, 2], zeroed[:, 2], auroc_min=1.0, ratio_min=2.0)
+    assert_detects(normal[:, 2], zeroed[:, 2], auroc_min=1.0, ratio_min=2.0)
