@@ -200,7 +200,10 @@ def test_flow_measures_a_moving_square(method):
         img[20:36, 10 + 3 * i:26 + 3 * i] = 220  # moves 3 pixels right per frame
         frames.append(_frame(i, img))
     out = [f.features["flow"] for f in with_features(frames, {"flow": {"method": method}})]
-    assert np.all(out[0] == 0), "the first frame has no predecessor"
+    np.testing.assert_array_equal(out[0], out[1], "the first frame, without a predecessor, takes the first flow")
+    assert abs(np.median(out[0][0, 24:32, 15:27]) - 3.0) < 1.0, "not zero: the first frame does not look calm"
+    alone = list(with_features(frames[:1], {"flow": {"method": method}}))
+    assert len(alone) == 1 and np.all(alone[0].features["flow"] == 0), "a one-frame video has no flow to take"
     dx = out[2][0, 24:32, 18:30]
     assert abs(np.median(dx) - 3.0) < 1.0, np.median(dx)
     assert abs(np.median(out[2][1, 24:32, 18:30])) < 0.5
@@ -210,5 +213,7 @@ def test_flow_measures_a_moving_square(method):
 def test_flow_rejects_bad_parameters_and_unknown_features():
     with pytest.raises(ValueError, match="dis, farneback"):
         OpticalFlow(method="lucas")
+    with pytest.raises(ValueError, match="refine"):
+        OpticalFlow(refine=-1)
     with pytest.raises(ValueError, match="known: background, diff, flow"):
         list(with_features([_frame(0, np.zeros((8, 8), np.uint8))], {"depth": {}}))

@@ -8,7 +8,8 @@ A model names what it needs in :meth:`~oddframe.models.base.AnomalyModel.derived
 the engine and the trainer wrap the frame stream in :func:`with_features`, which computes each derived input once
 per frame and attaches it to the frame (``TransformedFrame.features``); windows carry them to the model as
 ``Batch.extras`` ``(B, C_k, T, H, W)``. A new derived input is a class with ``channels``, ``reset()`` and
-``__call__(frame) -> (C_k, H, W)`` registered in :data:`FEATURES`.
+``__call__(frame) -> (C_k, H, W)`` registered in :data:`FEATURES`; one that compares a frame with an earlier one
+says how many opening frames have none in ``lead`` (they take the first real value, see :func:`with_features`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class FeatureExtractor(Protocol):
     """A per-video, possibly stateful computation of one derived input from the transformed frames."""
 
     channels: int
+    #: Opening frames of a video without the earlier frame this input compares with (optional attribute, 0).
+    lead: int
 
     def reset(self) -> None:
         """Forget earlier frames (a new video starts)."""
@@ -69,10 +72,25 @@ def with_features(
         yield from frames
         return
     extractors = make_extractors(specs)
-    for frame in frames:
+    # The first ``lead`` frames of a video have no predecessor for a two-frame input (flow, difference): their
+    # motion is unknown, not zero (zero would make every video open on a frame that looks perfectly calm). They
+    # are held back until the first frame that has one, and take its value, the motion measured closest to them.
+    leads = {name: int(getattr(extract, "lead", 0)) for name, extract in extractors.items()}
+    held: list[TransformedFrame] = []
+    for n, frame in enumerate(frames):
         for name, extract in extractors.items():
             t0 = time.perf_counter()
             frame.features[name] = extract(frame)
             if timing is not None:
                 timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
+        if any(n < lead for lead in leads.values()):
+            held.append(frame)
+            continue
+        for k, early in enumerate(held):
+            for name, lead in leads.items():
+                if k < lead:
+                    early.features[name] = frame.features[name]
+            yield early
+        held = []
         yield frame
+    yield from held  # a video shorter than the lead: those frames keep their zero motion

@@ -24,7 +24,8 @@ BACKGROUND_METHODS = ("mog2", "knn")
 class FrameDifference:
     """``|blur(frame_t) - blur(frame_{t-step})|`` of the grey frame, ``(1, H, W)`` float32 in grey levels (0-255).
 
-    The first ``step`` frames of a video have no predecessor: their difference is zero. Invalid pixels get zero.
+    The first ``step`` frames of a video have no predecessor: called on them it returns zeros, and
+    :func:`oddframe.features.with_features` gives them the first measured difference instead. Invalid pixels get zero.
 
     Args:
         blur: side of the Gaussian kernel applied to both frames first (odd; 1 = none), against sensor noise.
@@ -40,6 +41,7 @@ class FrameDifference:
             raise ValueError(f"frame difference step must be >= 1, got {step}")
         self.blur, self.step = blur, step
         self._previous: deque[np.ndarray] = deque(maxlen=step)
+        self.lead = step  # opening frames without a predecessor (see features.with_features)
 
     def reset(self) -> None:
         self._previous.clear()

@@ -24,26 +24,31 @@ DIS_PRESETS = {
 
 def to_grey_uint8(data: np.ndarray) -> np.ndarray:
     """A model input ``(C, H, W)`` in ``[-1, 1]`` as an ``(H, W)`` uint8 grey image (channel mean)."""
-    grey = data.mean(axis=0) if data.ndim == 3 else data
+    grey = (data[0] if len(data) == 1 else data.mean(axis=0)) if data.ndim == 3 else data
     return np.clip((grey + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
 class OpticalFlow:
     """Flow from the frame ``step`` frames earlier to this one: ``(2, H, W)`` float32 (dx, dy) in pixels per frame.
 
-    The first ``step`` frames of a video have no predecessor: their flow is zero. Pixels the frame marks invalid get
-    zero flow.
+    The first ``step`` frames of a video have no predecessor: called on them it returns zeros, and
+    :func:`oddframe.features.with_features` gives them the first measured flow instead. Pixels the frame marks invalid
+    get zero flow.
 
     Args:
         method: ``"dis"`` (default) or ``"farneback"``.
         preset: DIS preset, ``"ultrafast" | "fast" | "medium"``.
         scale: compute the flow on the frame resized by this factor (<= 1) and bring it back, for speed.
         step: frames between the two images of each flow (the result is divided by ``step``).
+        refine: DIS variational refinement iterations per pyramid level (None: the preset's, 5 for ``fast`` and
+            ``medium``); the refinement smooths the patch flow and is about half of ``medium``'s time.
     """
 
     channels = 2
 
-    def __init__(self, *, method: str = "dis", preset: str = "medium", scale: float = 1.0, step: int = 1) -> None:
+    def __init__(
+        self, *, method: str = "dis", preset: str = "medium", scale: float = 1.0, step: int = 1, refine: int | None = None
+    ) -> None:
         if method not in METHODS:
             raise ValueError(f"flow method must be one of {', '.join(METHODS)}; got {method!r}")
         if preset not in DIS_PRESETS:
@@ -52,9 +57,14 @@ class OpticalFlow:
             raise ValueError(f"flow scale must be in (0, 1], got {scale}")
         if step < 1:
             raise ValueError(f"flow step must be >= 1, got {step}")
+        if refine is not None and refine < 0:
+            raise ValueError(f"flow refine (variational refinement iterations) must be >= 0, got {refine}")
         self.method, self.preset, self.scale, self.step = method, preset, scale, step
         self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset]) if method == "dis" else None
+        if self._dis is not None and refine is not None:
+            self._dis.setVariationalRefinementIterations(int(refine))
         self._previous: deque[np.ndarray] = deque(maxlen=step)
+        self.lead = step  # opening frames without a predecessor (see features.with_features)
 
     def reset(self) -> None:
         self._previous.clear()

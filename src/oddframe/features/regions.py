@@ -164,18 +164,27 @@ def hog(crops: np.ndarray, *, cell: int = 8) -> np.ndarray:
     n, s, _ = crops.shape
     if s % cell or s < 2 * cell:
         raise ValueError(f"HOG crops must be a multiple of the cell size {cell} and at least 2 cells; got {s}")
+    if n == 0:
+        return np.zeros((0, hog_size(s, cell=cell)), np.float32)
     p = np.pad(crops, ((0, 0), (1, 1), (1, 1)), mode="edge")
     gx = p[:, 1:-1, 2:] - p[:, 1:-1, :-2]
     gy = p[:, 2:, 1:-1] - p[:, :-2, 1:-1]
     mag = np.hypot(gx, gy)
-    pos = np.mod(np.arctan2(gy, gx), np.pi) * (9 / np.pi) - 0.5  # bin centres at 10, 30, ... 170 degrees
+    angle = np.arctan2(gy, gx)
+    angle = np.where(angle < 0, angle + np.float32(np.pi), angle)  # unsigned: [0, pi]
+    pos = angle * np.float32(9 / np.pi) - np.float32(0.5)  # bin centres at 10, 30, ... 170 degrees
     low = np.floor(pos)
-    w_high = (pos - low).astype(np.float32)
-    low = np.mod(low.astype(np.int64), 9)
-    eye = np.eye(9, dtype=np.float32)
-    votes = eye[low] * (mag * (1 - w_high))[..., None] + eye[(low + 1) % 9] * (mag * w_high)[..., None]
+    w_high = pos - low
+    low = low.astype(np.int64) % 9
     c = s // cell
-    cells = votes.reshape(n, c, cell, c, cell, 9).sum(axis=(2, 4))  # (N, c, c, 9)
+    # Votes summed per (crop, cell, bin) by two bincounts (the lower and the upper bin of each pixel): one
+    # C loop over the pixels instead of a (N, S, S, 9) array of one-hot votes.
+    cell_of = (np.arange(s) // cell)[:, None] * c + (np.arange(s) // cell)[None, :]  # (S, S)
+    base = (np.arange(n)[:, None, None] * (c * c) + cell_of[None]) * 9  # (N, S, S)
+    m = n * c * c * 9
+    cells = np.bincount((base + low).ravel(), weights=(mag * (1 - w_high)).ravel(), minlength=m)
+    cells += np.bincount((base + (low + 1) % 9).ravel(), weights=(mag * w_high).ravel(), minlength=m)
+    cells = cells.reshape(n, c, c, 9).astype(np.float32)
     blocks = np.concatenate(
         [cells[:, :-1, :-1], cells[:, :-1, 1:], cells[:, 1:, :-1], cells[:, 1:, 1:]], axis=-1
     ).reshape(n, (c - 1) ** 2, 36)

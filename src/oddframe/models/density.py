@@ -89,11 +89,18 @@ def knn_distance(x: np.ndarray, bank: np.ndarray, *, k: int = 1, exclude: np.nda
     b2 = (bank * bank).sum(axis=1) if bank_sq is None else bank_sq
     for s in range(0, len(x), 1024):  # bounded memory: 1024 x M distances at a time
         q = x[s:s + 1024]
-        d2 = (q * q).sum(axis=1)[:, None] + b2[None] - 2.0 * (q @ bank.T)
+        # |q - b|^2 = |q|^2 + |b|^2 - 2 q.b; |q|^2 is added after the search (it does not change the ranking),
+        # and the products are updated in place: the search costs little more than the matrix product.
+        d2 = q @ bank.T
+        d2 *= -2.0
+        d2 += b2[None]
         if exclude is not None and bank_groups is not None:
-            d2 = np.where(exclude[s:s + 1024, None] == bank_groups[None], np.inf, d2)
-        part = np.partition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else d2
-        out[s:s + len(q)] = np.sqrt(np.maximum(part, 0.0)).mean(axis=1)
+            d2[exclude[s:s + 1024, None] == bank_groups[None]] = np.inf
+        if k == 1:
+            part = d2.min(axis=1, keepdims=True)
+        else:
+            part = np.partition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else d2
+        out[s:s + len(q)] = np.sqrt(np.maximum(part + (q * q).sum(axis=1)[:, None], 0.0)).mean(axis=1)
     return out
 
 
