@@ -82,6 +82,10 @@ def test_box_geometry_and_paint():
     np.testing.assert_allclose(R.box_geometry(reg), [[4, 3, 2.5, 4.0]])
     painted = R.paint(reg, np.array([5.0]), background=0.5)
     assert painted[3, 2] == 5.0 and painted[0, 0] == 0.5 and painted.dtype == np.float32
+    notched = R.Regions(np.where(np.arange(10)[:, None] < 4, 0, labels).astype(np.int32), reg.boxes, np.array([6]))
+    assert R.paint(notched, np.array([5.0]), background=0.5)[3, 2] == 0.5, "off the region's pixels"
+    boxed = R.paint(notched, np.array([5.0]), background=0.5, boxes=True)
+    assert (boxed[2:6, 1:4] == 5.0).all() and (boxed == 5.0).sum() == 12, "the whole box, nothing else"
 
 
 def test_hog_sees_orientation_and_ignores_brightness():

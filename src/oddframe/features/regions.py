@@ -217,7 +217,18 @@ def hog_descriptors(grey: np.ndarray, boxes: np.ndarray, *, size: int = 32) -> n
     return hog(crops(grey, boxes, size=size))
 
 
-def paint(regions: Regions, values: np.ndarray, *, background: float) -> np.ndarray:
-    """A map ``(H, W)`` float32 holding each region's value on its pixels and ``background`` elsewhere."""
-    table = np.concatenate([[background], np.asarray(values, dtype=np.float32).ravel()]).astype(np.float32)
+def paint(regions: Regions, values: np.ndarray, *, background: float, boxes: bool = False) -> np.ndarray:
+    """A map ``(H, W)`` float32 holding each region's value on its pixels and ``background`` elsewhere.
+
+    With ``boxes``, each region's value fills its whole box instead (the larger value where boxes overlap): the
+    extent of the object the region belongs to, whose still parts (a rider's body on a moving bicycle) the motion
+    mask leaves out.
+    """
+    values = np.asarray(values, dtype=np.float32).ravel()
+    if boxes:
+        out = np.full(regions.labels.shape, background, np.float32)
+        for (x0, y0, x1, y1), v in zip(regions.boxes, values):
+            np.maximum(out[y0:y1, x0:x1], v, out=out[y0:y1, x0:x1])
+        return out
+    table = np.concatenate([[background], values]).astype(np.float32)
     return table[regions.labels]

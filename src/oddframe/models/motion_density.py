@@ -22,8 +22,9 @@ on Ped2 (their Table 3). This model keeps that recipe without a pretrained detec
   leave-one-out mixtures and the video of each appearance bank row are kept, so ``oddframe calibrate`` scores the
   training frames held out too (:meth:`MotionDensity.held_out_training`), never in-sample.
 
-The map paints each region's score on its pixels; elsewhere it holds the score of the least anomalous normal
-training frame, so a frame without moving regions scores as that frame, and with ``score.rule: max`` the frame
+The map paints each region's score on its box (``paint="box"``, the default: the extent of the object, whose still
+parts the motion mask leaves out) or on its moving pixels (``"region"``); elsewhere it holds the score of the least
+anomalous normal training frame, so a frame without moving regions scores as that frame, and with ``score.rule: max`` the frame
 score is the maximum over regions. Every fitted quantity is a buffer saved in ``model.safetensors``.
 """
 
@@ -96,6 +97,7 @@ class MotionDensity(AnomalyModel):
         calibration_percentile: the high end of each attribute's calibration (AI-VAD: 99.9).
         folds: contiguous blocks used as groups for leave-one-out calibration when there is one training video.
         seed: randomness of the mixtures and of the bank subset.
+        paint: where the map holds a region's score: ``"region"`` (its moving pixels) or ``"box"`` (its box).
     """
 
     map_power = 1
@@ -129,10 +131,14 @@ class MotionDensity(AnomalyModel):
         calibration_percentile: float = 99.9,
         folds: int = 5,
         seed: int = 0,
+        paint: str = "box",
     ) -> None:
         super().__init__()
         self.in_channels, self.clip_length, self.image_size = in_channels, clip_length, tuple(image_size)
         self.densities = _parse_densities(attributes)
+        if paint not in ("region", "box"):
+            raise ValueError(f"paint must be 'region' or 'box'; got {paint!r}")
+        self.paint = paint
         if change not in CHANGES:
             raise ValueError(f"change must be one of {', '.join(CHANGES)}; got {change!r}")
         if combine not in R.COMBINE:
@@ -211,7 +217,7 @@ class MotionDensity(AnomalyModel):
             scores = self._score({k: np.concatenate([f[3][k] for f in found]) for k in names}, groups).sum(axis=1)
             ends = np.cumsum([len(f[2]) for f in found])
             for (i, j, regions, _, _), part in zip(found, np.split(scores, ends[:-1])):
-                out[i, j] = R.paint(regions, np.maximum(part, floor), background=floor)
+                out[i, j] = R.paint(regions, np.maximum(part, floor), background=floor, boxes=self.paint == "box")
         return torch.from_numpy(out).to(batch.frames.device)
 
     @contextlib.contextmanager
