@@ -24,8 +24,8 @@ on Ped2 (their Table 3). This model keeps that recipe without a pretrained detec
 
 The map paints each region's score on its box (``paint="box"``, the default: the extent of the object, whose still
 parts the motion mask leaves out) or on its moving pixels (``"region"``); elsewhere it holds the score of the least
-anomalous normal training frame, so a frame without moving regions scores as that frame, and with ``score.rule: max`` the frame
-score is the maximum over regions. Every fitted quantity is a buffer saved in ``model.safetensors``.
+anomalous normal training frame, so a frame without moving regions scores as that frame, and with ``score.rule:
+max`` the frame score is the maximum over regions. Every fitted quantity is a buffer saved in ``model.safetensors``.
 """
 
 from __future__ import annotations
