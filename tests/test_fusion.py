@@ -138,3 +138,37 @@ def test_fused_maps_and_valid_masks_share_the_fused_size(members, tmp_path):
     api.calibrate(tmp_path / "fused", progress=False)
     metrics = api.evaluate(tmp_path / "fused", data, tmp_path / "eval", progress=False, regions=True)
     assert metrics["pixel_auroc"] is not None and metrics["rbdc"] is not None
+
+
+def test_members_that_transform_alike_share_frames_and_derived_inputs():
+    from oddframe.pipeline.fusion import share_streams
+
+    flow, fast = {"flow": {"preset": "medium"}}, {"flow": {"preset": "fast"}}
+    both = {"flow": {"preset": "medium"}, "diff": {"blur": 3}}
+    assert share_streams(["t", "t", "t"], [flow, {}, both]) == [([0, 1, 2], both)]
+    assert share_streams(["t", "t"], [flow, fast]) == [([0], flow), ([1], fast)], "other parameters: own stream"
+    assert share_streams(["t", "u"], [flow, flow]) == [([0], flow), ([1], flow)], "other transform: own stream"
+
+
+def test_a_derived_input_two_members_ask_for_is_computed_once_per_frame(members, monkeypatch, tmp_path):
+    root, data = members
+    from oddframe.data.layouts import load_dataset
+    from oddframe.features.flow import OpticalFlow
+    from oddframe.pipeline.engine import detector_for, stream_video
+
+    api.fuse([str(root / "a"), str(root / "a")], tmp_path / "fused", progress=False)
+    model, cfg = api.load_run(tmp_path / "fused")
+    video = load_dataset(data).test[0]
+    calls, flow_call = [], OpticalFlow.__call__
+
+    def counting_flow(self, frame):
+        calls.append(frame.index)
+        return flow_call(self, frame)
+
+    monkeypatch.setattr(OpticalFlow, "__call__", counting_flow)
+    # Both members ask for optical flow (conv3d_ae ignores it; what is counted is how often it is computed).
+    monkeypatch.setattr(type(model.members[0]), "derived_inputs", lambda self: {"flow": {"method": "dis"}})
+    results = list(stream_video(detector_for(model, cfg, device="cpu"), video, cfg))
+    assert calls == list(range(12)), "one flow per frame for the two members"
+    first, second = (np.array([r.members[n] for r in results]) for n in model.member_names)
+    np.testing.assert_allclose(first, second, err_msg="the same member twice scores the same over a shared stream")

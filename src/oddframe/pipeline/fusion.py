@@ -2,7 +2,8 @@
 
 Each video is decoded once; every member gets its own transform (size, channels), derived inputs and
 :class:`~oddframe.pipeline.engine.Detector` (its own clip length, stride, aggregation and scoring rule), so each
-member scores each frame once, however its windows overlap. The members' results are zipped frame by frame and
+member scores each frame once, however its windows overlap. Members that transform frames alike share them, and
+the derived inputs they both ask for (optical flow) are computed once. The members' results are zipped frame by frame and
 combined by :class:`~oddframe.models.fusion.FusionModel` (calibrated scores and maps, then the rule). The
 engine's ``detector_for`` and ``stream_video`` hand fused runs here, so calibrate, detect and evaluate treat a fused
 run like any other.
@@ -41,6 +42,31 @@ class _Branch:
         return self._frames
 
 
+def share_streams(
+    transforms: list[object], specs: list[dict[str, dict]]
+) -> list[tuple[list[int], dict[str, dict]]]:
+    """Which members can share one transformed frame stream: ``[(member indices, derived inputs to compute), ...]``.
+
+    Members with equal frame transforms share the frames, and a derived input they both ask for with the same
+    parameters (optical flow, say, for ``motion_density`` and a flow ``graph_oneclass``) is computed once per
+    frame; a member asking for the same input with other parameters gets a stream of its own.
+
+    Args:
+        transforms: each member's :class:`~oddframe.data.transforms.FrameTransform` (compared by equality).
+        specs: each member's ``derived_inputs()``.
+    """
+    groups: list[tuple[object, list[int], dict[str, dict]]] = []
+    for i, (transform, spec) in enumerate(zip(transforms, specs)):
+        for t, members, union in groups:
+            if t == transform and all(union.get(name, params) == params for name, params in spec.items()):
+                members.append(i)
+                union.update(spec)
+                break
+        else:
+            groups.append((transform, [i], dict(spec)))
+    return [(members, union) for _, members, union in groups]
+
+
 class FusedDetector:
     """Runs one member :class:`Detector` per fusion member over one frame stream; yields fused :class:`FrameResult`s.
 
@@ -72,14 +98,21 @@ class FusedDetector:
                           "(oddframe calibrate RUN --data FOLDER)")
 
     def member_results(self, video: Video, *, keep_raw: bool = False) -> Iterator[list[FrameResult]]:
-        """Each frame's results from every member, in stream order (the source decoded once)."""
-        branches = itertools.tee(iter(video.source), len(self.members))
-        streams = []
-        for i, (det, cfg, branch) in enumerate(zip(self.members, self.model.member_configs, branches)):
-            frames = iter_frames(_Branch(branch, video.source.path), frame_transform(cfg.data),
-                                 sample_interval=cfg.data.sample_interval, sample_interval_sec=cfg.data.sample_interval_sec,
-                                 keep_raw=keep_raw and i == 0)
-            streams.append(det.run(with_features(frames, det.model.derived_inputs()), video.name))
+        """Each frame's results from every member, in stream order (the source decoded once; members that transform
+        frames alike share the transformed frames and each derived input, computed once: see :func:`share_streams`)."""
+        configs = self.model.member_configs
+        groups = share_streams([frame_transform(c.data) for c in configs],
+                               [det.model.derived_inputs() for det in self.members])
+        branches = itertools.tee(iter(video.source), len(groups))
+        streams: list = [None] * len(self.members)
+        for (members, specs), branch in zip(groups, branches):
+            cfg = configs[members[0]].data
+            frames = iter_frames(_Branch(branch, video.source.path), frame_transform(cfg),
+                                 sample_interval=cfg.sample_interval, sample_interval_sec=cfg.sample_interval_sec,
+                                 keep_raw=keep_raw and 0 in members)
+            shared = itertools.tee(with_features(frames, specs), len(members))
+            for i, part in zip(members, shared):
+                streams[i] = self.members[i].run(part, video.name)
         for results in zip(*streams, strict=True):
             if len({r.index for r in results}) != 1:
                 raise RuntimeError(f"{video.name}: fusion members got out of step ({[r.index for r in results]})")
