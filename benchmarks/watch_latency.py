@@ -1,7 +1,7 @@
 """Latency and memory of ``oddframe watch``: arrival -> score for every frame of a source played at its frame rate.
 
 Usage:
-    python benchmarks/watch_latency.py RUN SOURCE [--threads 1] [--loop --duration 600 --rss-every 60]
+    python benchmarks/watch_latency.py RUN SOURCE [--threads 1] [--backend openvino-int8] [--loop --duration 600 --rss-every 60]
 
 SOURCE is played with ``--realtime`` (a file at its own frame rate, as a camera would send it; ``--loop`` starts it
 again at its end, for a long run). Prints the latency from a frame's arrival to its model score (the raw score) and
@@ -44,6 +44,7 @@ def main() -> None:
     p.add_argument("--rss-every", type=float, default=30.0, help="seconds between RSS samples")
     p.add_argument("--max-latency", type=float, default=1.0)
     p.add_argument("--set", action="append", default=[], dest="overrides")
+    p.add_argument("--backend", default="torch", help="torch or an exported runtime (oddframe export RUN first)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     _, config = load_run(args.run, overrides=args.overrides)
@@ -61,7 +62,7 @@ def main() -> None:
         scores = Path(tmp) / "scores.csv"
         s = watch(args.run, args.source, realtime=True, loop=args.loop, duration=args.duration, scores=scores,
                   events=Path(tmp) / "events.jsonl", max_latency=args.max_latency, overrides=args.overrides,
-                  log=lambda line: None)
+                  backend=args.backend, log=lambda line: None)
         rows = list(csv.DictReader(scores.open()))
     cpu = time.process_time() - cpu0  # every thread of the process: decoding, model, scoring, outputs
     done.set()
@@ -80,7 +81,8 @@ def main() -> None:
     stride = config.score.stride or config.data.clip_length
     print(f"{config.model.name}, clip {config.data.clip_length} frames, stride {stride}, "
           f"size {'x'.join(map(str, config.data.size))}, smoothing sigma {config.score.smoothing_sigma} frames; "
-          f"source {args.source} at {fps:g} frames/s; {torch.get_num_threads()} torch thread(s), {platform.machine()}")
+          f"source {args.source} at {fps:g} frames/s; backend {args.backend}; {torch.get_num_threads()} torch thread(s), "
+          f"{platform.machine()}")
     print(f"frames: {s.received} arrived, {s.scored} scored, {s.dropped_late} dropped late, {s.dropped_queue} dropped "
           f"(queue full); {s.events} event(s); {s.wall_s:.0f} s; CPU time {cpu:.1f} s = "
           f"{1000 * cpu / max(1, s.received):.1f} ms per arrived frame ({cpu / s.wall_s:.2f} cores busy on average)")

@@ -346,6 +346,27 @@ def test_what_is_refused(run, tmp_path):
         watch(run, str(tmp_path / "e.jsonl"), webhook="ftp://example")
 
 
+def test_an_exported_backend_watches_with_the_same_scores(run, test_stream, tmp_path):
+    pytest.importorskip("onnxruntime")
+    exported = tmp_path / "run"
+    exported.mkdir()
+    for f in run.iterdir():
+        if f.is_file():
+            (exported / f.name).write_bytes(f.read_bytes())
+    video = tmp_path / "test.ts"
+    video.write_bytes(test_stream[0])
+    with pytest.raises(CheckpointError, match="oddframe export"):
+        watch(exported, str(video), backend="onnxruntime", log=lambda _: None)
+    api.export(exported)
+    rows = {}
+    for backend in ("torch", "onnxruntime"):
+        s = watch(exported, str(video), backend=backend, events=tmp_path / f"{backend}.jsonl",
+                  scores=tmp_path / f"{backend}.csv", quiet=0.5, log=lambda _: None)
+        assert s.scored == N and s.events == 1
+        rows[backend] = [float(r["score"]) for r in csv.DictReader((tmp_path / f"{backend}.csv").open())]
+    np.testing.assert_allclose(rows["onnxruntime"], rows["torch"], atol=1e-4)
+
+
 def test_live_scores_keep_only_what_smoothing_still_reads_on_an_endless_stream():
     from oddframe.config import load_config
     from oddframe.pipeline.engine import postprocess

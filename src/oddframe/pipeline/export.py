@@ -20,8 +20,7 @@ import oddframe
 from oddframe import backends
 from oddframe.config import Config
 from oddframe.data.clips import Batch, Clip, collate
-from oddframe.data.layouts import load_dataset
-from oddframe.data.loading import iter_frames
+from oddframe.data.loading import iter_frames, normal_videos
 from oddframe.data.prepared import is_prepared, prepared_dataset
 from oddframe.data.transforms import frame_transform
 from oddframe.errors import BackendError, ConfigError
@@ -59,7 +58,10 @@ def normal_clips(config: Config, data: str | Path | None, n: int) -> list[Clip]:
         clips = prepared_dataset(path, clip_length=L, augment=None, transform=transform)
         picks = np.unique(np.linspace(0, len(clips) - 1, min(n, len(clips))).round().astype(int))
         return [clips[int(i)] for i in picks]
-    videos = load_dataset(path, scenes=config.data.scenes).train
+    # The normal videos training read: a dataset's training videos, or a single source (one camera's footage)
+    # within the run's data.start_frame/stop_frame.
+    _, videos = normal_videos(path, start_frame=config.data.start_frame, stop_frame=config.data.stop_frame,
+                              scenes=config.data.scenes)
     if not videos:
         raise ConfigError(f"{path}: no training videos to take normal clips from")
     per_video = max(1, -(-n // len(videos)))
