@@ -3,8 +3,8 @@
 Each video is decoded once; every member gets its own transform (size, channels), derived inputs and
 :class:`~oddframe.pipeline.engine.Detector` (its own clip length, stride, aggregation and scoring rule), so each
 member scores each frame once, however its windows overlap. Members that transform frames alike share them, and
-the derived inputs they both ask for (optical flow) are computed once. The members' results are zipped frame by frame and
-combined by :class:`~oddframe.models.fusion.FusionModel` (calibrated scores and maps, then the rule). The
+the derived inputs they both ask for (optical flow) are computed once. The members' results are zipped frame by
+frame and combined by :class:`~oddframe.models.fusion.FusionModel` (calibrated scores and maps, then the rule). The
 engine's ``detector_for`` and ``stream_video`` hand fused runs here, so calibrate, detect and evaluate treat a fused
 run like any other.
 """
