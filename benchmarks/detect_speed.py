@@ -29,13 +29,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from oddframe.backends import open_backend
 from oddframe.data.layouts import open_input
 from oddframe.data.loading import iter_frames
 from oddframe.data.transforms import frame_transform
 from oddframe.errors import OddframeError
 from oddframe.pipeline.engine import detector_for, stream_video
-from oddframe.runs import WEIGHTS, load_run
+from oddframe.runs import load_run, open_run_backend
 
 
 def _clock() -> tuple[float, float]:
@@ -98,12 +97,11 @@ def main() -> None:
         videos = dataset.test or dataset.train
         for run in args.runs:
             model, config = load_run(run, overrides=args.overrides)
-            shape = (config.data.channels, config.data.clip_length, *config.data.size)
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 for backend in args.backends:
                     try:
-                        runner = open_backend(backend, run, clip_shape=shape, weights=run / WEIGHTS, threads=threads)
+                        runner = open_run_backend(run, config, backend, threads=threads)
                         detector = detector_for(model, config, device="cpu", backend=runner)
                     except OddframeError as exc:
                         console.print(f"skipped {run.name} {backend}: {exc}", markup=False, highlight=False)

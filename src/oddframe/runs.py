@@ -111,6 +111,15 @@ def load_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read training state: {torch_load_error(exc)}") from None
 
 
+def open_run_backend(run_dir: str | Path, config: Config, backend: str, *, threads: int | None = None) -> Any:
+    """The exported map runner ``backend`` of a run loaded with ``config`` (None for ``torch``), checked against the
+    clip shape the config feeds and the run's weights (:func:`oddframe.backends.open_backend`)."""
+    from oddframe.backends import open_backend
+
+    shape = (config.data.channels, config.data.clip_length, *config.data.size)
+    return open_backend(backend, run_dir, clip_shape=shape, weights=Path(run_dir) / WEIGHTS, threads=threads)
+
+
 def load_run(
     run_dir: str | Path, *, overrides: tuple[str, ...] | list[str] = (), map_location: str = "cpu"
 ) -> tuple[AnomalyModel, Config]:

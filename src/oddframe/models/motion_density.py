@@ -261,18 +261,17 @@ class MotionDensity(AnomalyModel):
                     dedupe.add(key)
                 flow = flow_all[i, :, j] if flow_all is not None else np.zeros((2, *frames.shape[3:]), np.float32)
                 change = change_all[i, 0, j] if change_all is not None else None
-                regions, feats = self.regions_and_attributes(frames[i, :, j], flow, change, appearance=False)
+                regions, feats = self.regions_and_attributes(frames[i, :, j], flow, change)
                 out.append((i, j, regions, feats, key))
-        if "appearance" in self.attributes:  # one HOG call for every region of the batch (fewer NumPy calls)
-            found = [f for _, _, r, f, _ in out if r is not None]
-            descriptors = R.hog(np.concatenate([f.pop("crops") for f in found])) if found else None
-            ends = np.cumsum([len(f["geometry"]) for f in found])
-            for f, part in zip(found, np.split(descriptors, ends[:-1]) if found else []):
+        found = [f for _, _, r, f, _ in out if r is not None]
+        if "appearance" in self.attributes and found:  # one HOG call for every region of the batch
+            descriptors = R.hog(np.concatenate([f.pop("crops") for f in found]))
+            for f, part in zip(found, np.split(descriptors, np.cumsum([len(f["geometry"]) for f in found])[:-1])):
                 f["appearance"] = part
         return out
 
     def regions_and_attributes(
-        self, frame: np.ndarray, flow: np.ndarray, change: np.ndarray | None, *, appearance: bool = True
+        self, frame: np.ndarray, flow: np.ndarray, change: np.ndarray | None
     ) -> tuple[R.Regions, dict[str, np.ndarray]]:
         """The moving regions of one frame and their attributes.
 
@@ -280,12 +279,11 @@ class MotionDensity(AnomalyModel):
             frame: ``(C, H, W)`` in ``[-1, 1]``.
             flow: ``(2, H, W)`` pixels per frame.
             change: ``(H, W)`` frame difference (grey levels) or foreground (0/1), or None.
-            appearance: compute the appearance descriptors; False leaves the region crops ``(N, S, S)`` under
-                ``"crops"`` instead, for one HOG call over many frames.
 
         Returns:
             The regions and ``{attribute: (N, D_a)}``, with ``"geometry"`` ``(N, 4)`` (box height, width,
-            centre x, centre y) besides the attributes.
+            centre x, centre y) besides the attributes; for ``appearance``, the region crops ``(N, S, S)`` under
+            ``"crops"`` (:meth:`_frames` turns a whole batch of them into HOG descriptors at once).
         """
         if self.camera_motion:
             flow = flow - np.median(flow.reshape(2, -1), axis=1)[:, None, None]
@@ -304,8 +302,7 @@ class MotionDensity(AnomalyModel):
         if "position" in self.attributes:
             feats["position"] = geometry[:, 2:]
         if "appearance" in self.attributes:
-            crops = R.crops(to_grey_uint8(frame), regions.boxes, size=self.appearance_size)
-            feats["appearance" if appearance else "crops"] = R.hog(crops) if appearance else crops
+            feats["crops"] = R.crops(to_grey_uint8(frame), regions.boxes, size=self.appearance_size)
         return regions, feats
 
     def _depth_scale(self, rows: np.ndarray) -> np.ndarray:

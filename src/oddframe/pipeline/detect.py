@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from oddframe.backends import open_backend
 from oddframe.data.inspect import frame_ranges
 from oddframe.data.layouts import Video, open_input
 from oddframe.data.sources import FrameRangeSource
@@ -43,7 +42,7 @@ from oddframe.pipeline.outputs import (
     write_scores_csv,
 )
 from oddframe.progress import progress_bar
-from oddframe.runs import WEIGHTS, load_run, read_calibration
+from oddframe.runs import load_run, open_run_backend, read_calibration
 from oddframe.stopping import StopRequest
 
 SCORES, JOURNAL, RECORD = "scores.csv", "scores.partial.csv", "detect.json"
@@ -165,8 +164,7 @@ def load_for_detection(run_dir: str | Path, *, overrides: tuple[str, ...] | list
                        backend: str = "torch") -> LoadedRun:
     """Load a run (and its exported backend) for :func:`detect`; a bad config, run or backend is refused here."""
     model, config = load_run(run_dir, overrides=overrides)
-    shape = (config.data.channels, config.data.clip_length, *config.data.size)
-    runner = open_backend(backend, run_dir, clip_shape=shape, weights=Path(run_dir) / WEIGHTS)
+    runner = open_run_backend(run_dir, config, backend)
     return LoadedRun(Path(run_dir), tuple(overrides), backend, model, config, runner)
 
 

@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from oddframe.backends import open_backend
 from oddframe.data.layouts import Video
 from oddframe.data.live import Arrival, Ended, LiveSource, Lost, Resumed
 from oddframe.errors import CheckpointError, ConfigError
@@ -36,7 +35,7 @@ from oddframe.pipeline.live_outputs import EventClips, EventLog, RollingCsv, Web
 from oddframe.pipeline.live_view import LiveView
 from oddframe.pipeline.outputs import LiveScores, render_kwargs
 from oddframe.render.regions import exceedance, find_regions
-from oddframe.runs import WEIGHTS, load_run, read_calibration
+from oddframe.runs import load_run, open_run_backend, read_calibration
 from oddframe.stopping import StopRequest
 
 FIELDS = ["frame", "time", "wall", "score", "raw_score", "flagged", "invalid", "latency_ms", "model_latency_ms"]
@@ -321,8 +320,7 @@ def watch(
     log = log or (lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
     source = str(source)  # a path given as a Path
     model, config = load_run(run_dir, overrides=overrides)
-    shape = (config.data.channels, config.data.clip_length, *config.data.size)
-    runner = open_backend(backend, run_dir, clip_shape=shape, weights=Path(run_dir) / WEIGHTS)  # None for torch
+    runner = open_run_backend(run_dir, config, backend)  # None for torch
     if config.score.normalise not in ("none", "calibrated"):
         raise ConfigError(f"score.normalise={config.score.normalise} needs each video whole; a live stream has no "
                           "end: use none or calibrated (--set score.normalise=calibrated)")
