@@ -56,21 +56,30 @@ def test_registry_errors_name_the_choices():
         build_model("no_such_model")
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_contract(name):
+def tiny_model_and_batch(name: str):
+    """The tiny model ``name`` (seeded) and a batch of two random clips for it, the second with a padded last
+    frame, carrying the derived inputs the model asks for."""
     torch.manual_seed(0)
     params = dict(TINY.get(name, {}))
     b, c, t, h, w = SHAPES.get(name, (2, 1, 4, 32, 32))
     params.setdefault("clip_length", t)
     params.setdefault("image_size", (h, w))
     model = build_model(name, **params)
-    assert describe(name), "the model class needs a docstring whose first line describes it"
-    assert model.map_power in (1, 2)
     frames = torch.rand(b, c, t, h, w) * 2 - 1
     valid = torch.ones(b, 1, t, h, w, dtype=torch.bool)
     valid[1, :, -1] = False  # a padded frame
     batch = Batch(frames, valid, ["a", "b"], torch.arange(t).expand(b, t).clone())
     batch.extras = _derived_inputs(model, batch)
+    return model, batch
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_contract(name):
+    model, batch = tiny_model_and_batch(name)
+    b, _, t, h, w = batch.frames.shape
+    valid = batch.valid
+    assert describe(name), "the model class needs a docstring whose first line describes it"
+    assert model.map_power in (1, 2)
 
     if model.fit_before_epoch is not None:  # fitted models: one pass over normal clips first
         with torch.no_grad():

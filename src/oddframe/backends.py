@@ -2,7 +2,8 @@
 
 The graph is the whole contract call, ``anomaly_map(frames, valid) -> (B, T, H, W)``, so an exported backend is a
 drop-in object with the same ``anomaly_map(batch)`` the streaming engine calls on a model. It is traced at the
-run's clip shape ``(C, T, H, W)`` with a free batch size.
+run's clip shape ``(C, T, H, W)`` with a free batch size, from the detector's exact rewrite of the model
+(:func:`oddframe.models.inference.for_inference`).
 
 - ``onnxruntime``: Microsoft's ONNX Runtime, CPU execution provider.
 - ``openvino``: Intel's OpenVINO runtime, which reads the same ONNX file. On the 2-core Xeon (AVX-512, no VNNI)
@@ -10,7 +11,8 @@ run's clip shape ``(C, T, H, W)`` with a free batch size.
   ONNX Runtime is the faster one for ``convlstm_ae``'s 2D convolutions.
 - ``-int8``: the same graph after static post-training quantisation of its convolutions (ONNX Runtime's
   ``quantize_static``, QDQ format, per-channel int8 weights, uint8 activations whose ranges come from normal clips
-  of the training data; transposed convolutions stay fp32). Both runtimes execute the QDQ graph in int8.
+  of the training data; transposed convolutions and the output layer stay fp32). Both runtimes execute the QDQ
+  graph in int8.
 
 Agreement with PyTorch (tested on trained weights in ``tests/test_export.py``): fp32 backends give the same maps
 to :data:`FP32_ATOL` (float summation order only); int8 backends give frame scores within :data:`INT8_RTOL` of
@@ -39,6 +41,7 @@ from torch import nn
 from oddframe.data.clips import Batch
 from oddframe.errors import BackendError, CheckpointError
 from oddframe.models.base import AnomalyModel
+from oddframe.models.inference import for_inference
 
 #: Backends of ``oddframe detect --backend``; ``torch`` is the model itself.
 BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
@@ -112,8 +115,11 @@ def export_onnx(model: AnomalyModel, path: str | Path, *, clip_shape: tuple[int,
     c, t, h, w = clip_shape
     frames = torch.rand(2, c, t, h, w) * 2 - 1
     valid = torch.ones(2, 1, t, h, w, dtype=torch.bool)
-    # A contiguous copy: the tracer writes channels-last weights (conv3d_ae's) in their memory order, scrambled.
-    graph = _MapGraph(copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format))
+    # The detector's exact rewrite (models.inference: folded BatchNorm, sub-pixel transposed convolutions): OpenVINO
+    # ran conv3d_ae's one-channel transposed convolution as slowly as PyTorch did (docs/BENCHMARKS.md). Contiguous
+    # weights: the tracer writes channels-last ones (conv3d_ae's) in their memory order, scrambled.
+    fast = for_inference(copy.deepcopy(model).cpu())
+    graph = _MapGraph(fast.to(memory_format=torch.contiguous_format))
     try:
         with warnings.catch_warnings(), torch.no_grad():
             # The tracer warns about Python-side input checks (NaN, shapes): they hold for the engine's clips.
@@ -145,12 +151,18 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: Iter
     """Static int8 quantisation of an exported graph with activation ranges from normal clips.
 
     QDQ format (QuantizeLinear/DequantizeLinear pairs, which both runtimes fuse into int8 kernels) on the
-    convolutions (transposed convolutions stay fp32, see the comment below), per-channel int8 weights and uint8
+    convolutions (transposed convolutions and the output layer stay fp32, see the comments below), per-channel int8 weights and uint8
     activations calibrated by min-max over ``calibration``. ``reduce_range`` keeps weights to 7 bits: CPUs without
     VNNI multiply uint8 x int8 with 16-bit intermediate sums that 8-bit weights can saturate.
     """
     require("onnxruntime")
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    # The output layer stays fp32 as well: it writes the reconstruction whose small differences from the input are
+    # the anomaly map, finer than 8 bits over [-1, 1] resolve. (A transposed output layer is a Conv after
+    # models.inference's sub-pixel rewrite.) ONNX lists nodes in topological order, so it is the last Conv.
+    convs = [node.name for node in onnx.load(str(onnx_path)).graph.node if node.op_type == "Conv"]
 
     root = logging.getLogger()
     level = root.level
@@ -163,7 +175,7 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: Iter
             # Convolutions only: with ConvTranspose quantised too (per channel on either axis, or per tensor) the
             # int8 map of trained conv3d_ae weights on Ped2 was uncorrelated with PyTorch's (corr -0.4), while
             # the 1-step weights of a speed run hid it; Conv alone kept frame scores within 5 % (corr 0.998).
-            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv"],
+            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv"], nodes_to_exclude=convs[-1:],
         )
     finally:
         root.setLevel(level)
