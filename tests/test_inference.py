@@ -30,6 +30,21 @@ def _randomise_norms(model: nn.Module) -> None:
                 m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
 
 
+def _rewritten(conv: nn.Module, rewrite, size: tuple[int, ...]):
+    """``rewrite(conv)`` checked against ``conv`` on a random input of spatial ``size``; returns both, the input and
+    the reference output."""
+    torch.manual_seed(0)
+    conv = conv.eval()
+    x = torch.randn(2, conv.in_channels, *size)
+    fast = rewrite(conv)
+    assert isinstance(fast, InferenceConv)
+    with torch.inference_mode():
+        expected, got = conv(x), fast(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    return conv, fast, x, expected
+
+
 @pytest.mark.parametrize("dims,kernel,stride,padding,output_padding,size", [
     (3, (3, 5, 5), (1, 2, 2), (1, 2, 2), (0, 1, 1), (5, 7, 6)),  # conv3d_ae's last layer
     (3, 3, 2, 1, 1, (3, 4, 5)),  # its middle ones
@@ -40,15 +55,9 @@ def _randomise_norms(model: nn.Module) -> None:
     (1, 2, 1, 0, 0, (4,)),
 ])
 def test_subpixel_equals_the_transposed_convolution(dims, kernel, stride, padding, output_padding, size):
-    torch.manual_seed(0)
-    conv = _TRANSPOSED[dims](5, 3, kernel, stride, padding, output_padding).eval()
-    x = torch.randn(2, 5, *size)
-    fast = subpixel(conv)
-    assert isinstance(fast, InferenceConv)
+    conv, fast, x, expected = _rewritten(_TRANSPOSED[dims](5, 3, kernel, stride, padding, output_padding), subpixel,
+                                         size)
     with torch.inference_mode():
-        expected, got = conv(x), fast(x)
-        assert got.shape == expected.shape
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
         # output_size picks another output padding (0 .. stride - 1), as nn.ConvTranspose's forward allows
         larger = [o + s - 1 - p for o, s, p in zip(expected.shape[2:], conv.stride, conv.output_padding)]
         torch.testing.assert_close(fast(x, output_size=larger), conv(x, output_size=larger), atol=1e-5, rtol=1e-5)
@@ -135,15 +144,7 @@ def test_conv3d_ae_rewrite_at_batch_one_and_odd_sizes():
     (1, 5, 3, 2, (10,)),
 ])
 def test_space_to_depth_equals_the_strided_convolution(dims, kernel, stride, padding, size):
-    torch.manual_seed(0)
-    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1](2, 5, kernel, stride, padding).eval()
-    x = torch.randn(2, 2, *size)
-    fast = space_to_depth(conv)
-    assert isinstance(fast, InferenceConv)
-    with torch.inference_mode():
-        expected, got = conv(x), fast(x)
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    _rewritten((nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1](2, 5, kernel, stride, padding), space_to_depth, size)
     assert space_to_depth(nn.Conv2d(2, 5, 3, 1)) is None  # stride 1: nothing to gain
 
 
