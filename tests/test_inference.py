@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oddframe.models.inference import (InferenceConv, fold_batch_norm, for_inference, pixel_shuffle, pixel_unshuffle,
-                                       space_to_depth, subpixel)
+from oddframe.models.inference import InferenceConv, fold_batch_norm, for_inference, pixel_shuffle, subpixel
 from oddframe.registry import build_model, list_models
 
 from test_models_contract import tiny_model_and_batch
@@ -133,22 +132,3 @@ def test_conv3d_ae_rewrite_at_batch_one_and_odd_sizes():
     x = torch.rand(1, 1, 7, 29, 35) * 2 - 1
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), model(x), atol=1e-5, rtol=1e-4)
-
-
-@pytest.mark.parametrize("dims,kernel,stride,padding,size", [
-    (3, (3, 5, 5), (1, 2, 2), (1, 2, 2), (5, 8, 7)),  # conv3d_ae's first layer, odd and even sizes
-    (3, 3, 2, 1, (4, 5, 6)),
-    (2, 4, 2, 1, (7, 6)),
-    (2, 1, 2, 1, (5, 4)),  # padding beyond the kernel: extra outputs at the end
-    (2, 3, 3, 0, (8, 9)),
-    (1, 5, 3, 2, (10,)),
-])
-def test_space_to_depth_equals_the_strided_convolution(dims, kernel, stride, padding, size):
-    _rewritten((nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1](2, 5, kernel, stride, padding), space_to_depth, size)
-    assert space_to_depth(nn.Conv2d(2, 5, 3, 1)) is None  # stride 1: nothing to gain
-
-
-def test_pixel_unshuffle_inverts_pixel_shuffle():
-    x = torch.randn(2, 3, 4, 6, 9)
-    torch.testing.assert_close(pixel_shuffle(pixel_unshuffle(x, (2, 2, 3)), (2, 2, 3)), x)
-    torch.testing.assert_close(pixel_unshuffle(x[..., :5, :], (1, 2, 1))[:, :, :, -1, :][:, 1::2], torch.zeros(2, 3, 4, 9))

@@ -13,12 +13,9 @@ model computes (up to float summation order; tested for every registered model i
   using an efficient sub-pixel convolutional neural network", CVPR, section 2.2). oneDNN vectorises a
   (transposed) convolution over output channels in blocks of 16 fp32 lanes (AVX-512), so conv3d_ae's last layer
   (one output channel) wasted 15 of 16 lanes: it took half of the model's time. Rewritten only below
-  :data:`FEW_CHANNELS` outputs; wider transposed convolutions are faster as they are (measured in
-  docs/BENCHMARKS.md).
-- **Strided convolutions of few input channels on a space-to-depth input.** The converse: a convolution of stride
-  ``s`` reads ``prod(s)`` phase grids of its input, so it is a stride-1 convolution over ``in * prod(s)`` channels
-  of the input reshuffled into phases. conv3d_ae's first layer (one grey channel, stride 2 in space) ran 1.4-1.8x
-  faster so (docs/BENCHMARKS.md).
+  :data:`FEW_OUTPUTS` outputs; wider transposed convolutions are faster as they are (measured in
+  docs/BENCHMARKS.md). The converse, a strided convolution of few inputs (conv3d_ae's first layer) as a stride-1
+  convolution over a space-to-depth input, was 5-13 % slower on two threads, PyTorch and OpenVINO alike: not done.
 - **oneDNN for every float32 CPU convolution.** PyTorch sends a batch-1 convolution with a 3 x 3 kernel and a small
   input (``N * C * D * H <= 20480``) to its reference loop instead of oneDNN, about 8x slower for conv3d_ae's
   8 x 28 x 28 layers; a live stream scores one window at a time, so those are its convolutions. When tracing for
@@ -36,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Transposed convolutions with fewer output channels than this become sub-pixel convolutions, strided convolutions
-#: with fewer input channels space-to-depth ones (one AVX-512 vector of fp32 is 16 lanes).
-FEW_CHANNELS = 16
+#: Transposed convolutions with fewer output channels than this become sub-pixel convolutions (one AVX-512 vector
+#: of fp32 is 16 lanes).
+FEW_OUTPUTS = 16
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -59,13 +56,11 @@ class InferenceConv(nn.Module):
         weight: ``(out * prod(shuffle), in / groups, *kernel)``.
         bias: ``(out * prod(shuffle),)`` or None.
         stride, padding, dilation, groups: as for ``nn.ConvNd`` (``padding`` symmetric, zeros).
-        unshuffle: per spatial axis, the factor by which the input is reshuffled into channels first (space to
-            depth, after zero padding to a multiple of it); None = none.
-        shuffle: per spatial axis, the factor by which the output channels are shuffled into space; None = none.
-        pad: explicit ``(left, right)`` padding per spatial axis applied before the convolution (negative crops);
-            None = ``padding`` only.
-        crop: output size per spatial axis as a function of the input size ``n``: ``(a, b, c)`` gives
-            ``floor((a * n + b) / c)``; None = no crop.
+        shuffle: per spatial axis, the factor by which the output channels are shuffled into space (all 1: none).
+        pad: explicit ``(left, right)`` padding per spatial axis applied before the convolution (negative crops),
+            used by the sub-pixel form; None = ``padding`` only.
+        crop: output size per spatial axis after the shuffle as a function of the input size
+            ``(a, b)``: ``a * n + b``; None = no crop.
     """
 
     def __init__(
@@ -77,10 +72,9 @@ class InferenceConv(nn.Module):
         padding: Sequence[int],
         dilation: Sequence[int],
         groups: int = 1,
-        unshuffle: Sequence[int] | None = None,
         shuffle: Sequence[int] | None = None,
         pad: Sequence[tuple[int, int]] | None = None,
-        crop: Sequence[tuple[int, int, int]] | None = None,
+        crop: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         super().__init__()
         self.dims = weight.dim() - 2
@@ -88,8 +82,7 @@ class InferenceConv(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
         self.groups = groups
-        self.unshuffle = list(unshuffle) if unshuffle is not None else None
-        self.shuffle = list(shuffle) if shuffle is not None else None
+        self.shuffle = list(shuffle) if shuffle is not None else [1] * self.dims
         self.pad = [tuple(p) for p in pad] if pad is not None else None
         self.crop = [tuple(c) for c in crop] if crop is not None else None
         if self.dims == 3:
@@ -100,8 +93,6 @@ class InferenceConv(nn.Module):
         """``(B, C, *spatial)`` -> ``(B, out, *spatial_out)``; ``output_size`` as for a transposed convolution (its
         last axes are the spatial size to crop to)."""
         sizes = x.shape[2:]
-        if self.unshuffle is not None:
-            x = pixel_unshuffle(x, self.unshuffle)
         if self.pad is not None:
             x = F.pad(x, [p for pair in reversed(self.pad) for p in pair])  # F.pad lists the last axis first
         if _onednn(x) and self.dims in (2, 3):
@@ -111,12 +102,12 @@ class InferenceConv(nn.Module):
                                                   self.dilation, self.groups)
         else:
             y = _CONV_FN[self.dims](x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if self.shuffle is not None:
+        if any(s > 1 for s in self.shuffle):
             y = pixel_shuffle(y, self.shuffle)
         if output_size is not None:
             y = y[(slice(None), slice(None)) + tuple(slice(0, n) for n in list(output_size)[-self.dims:])]
         elif self.crop is not None:
-            y = y[(slice(None), slice(None)) + tuple(slice(0, (a * n + b) // c) for (a, b, c), n in zip(self.crop, sizes))]
+            y = y[(slice(None), slice(None)) + tuple(slice(0, a * n + b) for (a, b), n in zip(self.crop, sizes))]
         return y
 
 
@@ -134,58 +125,6 @@ def pixel_shuffle(y: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
     # (B, C, f1..fd, n1..nd) -> (B, C, n1, f1, ..., nd, fd)
     order = [0, 1] + [x for i in range(d) for x in (2 + d + i, 2 + i)]
     return y.permute(order).reshape(b, c, *(ni * fi for ni, fi in zip(n, factors)))
-
-
-def pixel_unshuffle(x: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
-    """Move space into channel phases: ``(B, C, *m)`` -> ``(B, C * prod(f), *ceil(m_i / f_i))``, the inverse of
-    :func:`pixel_shuffle` after zero padding each axis to a multiple of its factor."""
-    b, c = x.shape[:2]
-    m = list(x.shape[2:])
-    d = len(factors)
-    pad = [-mi % fi for mi, fi in zip(m, factors)]
-    if any(pad):
-        x = F.pad(x, [p for size in reversed(pad) for p in (0, size)])
-    n = [(mi + p) // fi for mi, p, fi in zip(m, pad, factors)]
-    x = x.reshape(b, c, *(v for ni, fi in zip(n, factors) for v in (ni, fi)))
-    # (B, C, n1, f1, ..., nd, fd) -> (B, C, f1..fd, n1..nd)
-    order = [0, 1] + [3 + 2 * i for i in range(d)] + [2 + 2 * i for i in range(d)]
-    return x.permute(order).reshape(b, c * math.prod(factors), *n)
-
-
-def space_to_depth(conv: nn.Module) -> InferenceConv | None:
-    """A strided convolution (groups 1, dilation 1, zero padding) as a stride-1 convolution over the phases of its
-    input (:func:`pixel_unshuffle`); None if it is not such a one.
-
-    Output ``i`` reads input ``s * i - p + k``, which is phase ``r = (k - p) mod s`` at grid position ``i + m`` with
-    ``m = floor((k - p) / s)``; ``m`` runs from ``floor(-p / s)`` to ``floor((K - 1 - p) / s)``.
-    """
-    if not isinstance(conv, _CONVS) or conv.groups != 1 or any(d != 1 for d in conv.dilation):
-        return None
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str) or all(s == 1 for s in conv.stride):
-        return None
-    w = conv.weight.detach()  # (out, in, *kernel)
-    c_out, c_in = w.shape[:2]
-    kernel, stride, padding = w.shape[2:], conv.stride, conv.padding
-    lo = [-p // s for p, s in zip(padding, stride)]  # floor(-p / s)
-    hi = [(k - 1 - p) // s for k, p, s in zip(kernel, padding, stride)]
-    width = [h - low + 1 for h, low in zip(hi, lo)]
-    v = w.new_zeros(c_out, c_in, *stride, *width)
-    for k in itertools.product(*(range(n) for n in kernel)):
-        r = tuple((kk - p) % s for kk, p, s in zip(k, padding, stride))
-        j = tuple((kk - p) // s - low for kk, p, s, low in zip(k, padding, stride, lo))
-        v[(slice(None), slice(None), *r, *j)] = w[(slice(None), slice(None), *k)]
-    v = v.reshape(c_out, c_in * math.prod(stride), *width)
-    # The grid has ceil(n / s) positions; the convolution over it, padded by -lo on the left and hi + e on the right,
-    # gives ceil(n / s) + e outputs, and O = floor((n + 2p - K) / s) + 1 exceeds ceil(n / s) by at most
-    # e = floor((2p - K) / s) + 1 (at n a multiple of s). The surplus is cropped.
-    extra = [max(0, (2 * p - k) // s + 1) for k, p, s in zip(kernel, padding, stride)]
-    pad = [(-low, max(0, h + e)) for low, h, e in zip(lo, hi, extra)]
-    crop = [(1, 2 * p - k + s, s) for k, p, s in zip(kernel, padding, stride)]  # floor((n + 2p - K) / s) + 1
-    if all(a == b for a, b in pad):  # the convolution pads by itself, without a copy of the input
-        return InferenceConv(v, conv.bias, stride=[1] * len(kernel), padding=[a for a, _ in pad],
-                             dilation=[1] * len(kernel), unshuffle=list(stride), crop=crop)
-    return InferenceConv(v, conv.bias, stride=[1] * len(kernel), padding=[0] * len(kernel),
-                         dilation=[1] * len(kernel), unshuffle=list(stride), pad=pad, crop=crop)
 
 
 def _taps(kernel: int, stride: int, padding: int) -> list[list[tuple[int, int]]]:
@@ -234,7 +173,7 @@ def subpixel(conv: nn.Module) -> InferenceConv | None:
         # largest output padding (s - 1: more only appends outputs), so a call with output_size is a crop.
         extra = -(-(k - 2 * p + (s - 1) - s) // s)
         pad.append((-low, extra + wd - 1 + low))
-        crop.append((s, k - 2 * p + op - s, 1))
+        crop.append((s, k - 2 * p + op - s))
     if all(a == b >= 0 for a, b in pad):  # the convolution pads by itself, without a copy of the input
         return InferenceConv(v, bias, stride=[1] * dims, padding=[a for a, _ in pad], dilation=[1] * dims,
                              shuffle=list(stride), crop=crop)
@@ -286,10 +225,8 @@ def _rewrite(module: nn.Module) -> None:
                 module._modules[a] = fold_batch_norm(conv, bn)
                 module._modules[b] = nn.Identity()  # keeps the indices other code may use
     for name, child in list(module._modules.items()):
-        if isinstance(child, _TRANSPOSED) and child.out_channels < FEW_CHANNELS:
+        if isinstance(child, _TRANSPOSED) and child.out_channels < FEW_OUTPUTS:
             module._modules[name] = subpixel(child) or child
-        elif isinstance(child, _CONVS) and child.in_channels < FEW_CHANNELS:
-            module._modules[name] = space_to_depth(child) or _plain(child) or child
         elif isinstance(child, _CONVS):
             module._modules[name] = _plain(child) or child
 
