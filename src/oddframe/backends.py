@@ -151,8 +151,8 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: Iter
     """Static int8 quantisation of an exported graph with activation ranges from normal clips.
 
     QDQ format (QuantizeLinear/DequantizeLinear pairs, which both runtimes fuse into int8 kernels) on the
-    convolutions (transposed convolutions and the output layer stay fp32, see the comments below), per-channel int8 weights and uint8
-    activations calibrated by min-max over ``calibration``. ``reduce_range`` keeps weights to 7 bits: CPUs without
+    convolutions (transposed convolutions and the output layer stay fp32, see the comments below), per-channel int8
+    weights and uint8 activations calibrated by min-max over ``calibration``. ``reduce_range`` keeps weights to 7 bits: CPUs without
     VNNI multiply uint8 x int8 with 16-bit intermediate sums that 8-bit weights can saturate.
     """
     require("onnxruntime")

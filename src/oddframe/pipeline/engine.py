@@ -157,8 +157,9 @@ class Detector:
             device = "cpu"  # exported runtimes take CPU arrays
         self.device = torch.device(device) if device is not None else default_device()
         # An exact rewrite for speed (folded BatchNorm, sub-pixel transposed convolutions, oneDNN at batch 1); the
-        # caller's model is not changed, it may go on training.
-        self.model = for_inference(model.to(self.device))
+        # caller's model is not changed, it may go on training. With an exported backend the model only names its
+        # derived inputs, so it is not rewritten (the export holds the rewrite already).
+        self.model = model.to(self.device).eval() if backend is not None else for_inference(model.to(self.device))
         self.clip_length = clip_length
         self.stride = stride or clip_length
         if self.stride > clip_length:
