@@ -107,6 +107,13 @@ def test_the_command_line_prints_a_summary_and_fails_when_an_input_failed(run, v
 
 
 def test_a_killed_run_resumes_without_redoing_finished_videos(run, videos, tmp_path):
+    # The clips ten times over: long enough that the kill lands while cam1 is being scored (the 24-frame clips were
+    # sometimes all scored within the 20 ms between polls, and the test skipped).
+    long = tmp_path / "long"
+    long.mkdir()
+    for k in range(4):
+        np.save(long / f"cam{k}.npy", np.tile(np.load(videos / f"cam{k}.npy"), (10, 1, 1)))
+    videos = long
     out = tmp_path / "out"
     proc = start_cli("detect", str(videos / "cam*.npy"), "--checkpoint", run, "--out", out)
     wait_for(lambda: lines_in(out / "cam1" / "scores.partial.csv") > 3 or proc.poll() is not None, what="cam1 started")
