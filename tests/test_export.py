@@ -64,6 +64,24 @@ def test_exported_backends_give_torch_scores_on_trained_weights(synthetic_run, t
             np.testing.assert_allclose(scores, reference, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.skipif(not backends.installed("openvino"), reason="openvino is not installed: pip install 'oddframe[openvino]'")
+def test_openvino_runs_full_batches_on_a_fixed_shape_graph_and_others_on_the_dynamic_one(synthetic_run):
+    run, _ = synthetic_run
+    api.export(run)
+    from oddframe.runs import load_run, open_run_backend
+
+    model, config = load_run(run, overrides=["score.batch_size=3"])
+    runner = open_run_backend(run, config, "openvino", threads=1)
+    assert runner.fixed_shapes == ((3, 1, 8, 32, 32), (3, 1, 8, 32, 32))
+    torch.manual_seed(0)
+    for n in (3, 2):  # a full batch (fixed graph), a video's shorter last one (dynamic graph)
+        batch = Batch(torch.rand(n, 1, 8, 32, 32) * 2 - 1, torch.ones(n, 1, 8, 32, 32, dtype=torch.bool))
+        batch.valid[0, :, :, :4] = False
+        with torch.inference_mode():
+            expected = model.anomaly_map(batch)
+        np.testing.assert_allclose(runner.anomaly_map(batch).numpy(), expected.numpy(), atol=backends.FP32_ATOL)
+
+
 def test_detect_refuses_missing_stale_or_misshapen_exports(synthetic_run, tmp_path):
     run, data = synthetic_run
     api.export(run)  # fp32 only: the int8 file of an earlier export is not this export's

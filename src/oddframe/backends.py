@@ -209,22 +209,43 @@ class OnnxRuntimeMap:
 class OpenVinoMap:
     """An exported graph compiled by OpenVINO for the CPU, with the ``anomaly_map(batch)`` of the model contract.
 
+    Given the detector's full batch shape, the graph is compiled a second time with that shape fixed, and full
+    batches run there: with the batch dimension left dynamic OpenVINO keeps generic kernels and runs activations
+    as separate passes (convlstm_ae at its Ped2 config, int8, two windows per pass: 59 ms dynamic, 45-50 ms fixed;
+    docs/BENCHMARKS.md). Other batches (a video's shorter last one) run on the dynamic graph.
+
     Args:
         path: the ``.onnx`` file (OpenVINO reads ONNX directly).
         threads: inference threads (default: torch's thread count).
+        batch_shape: ``(B, C, T, H, W)`` of the detector's full batches, or None (dynamic graph only).
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, threads: int | None = None, batch_shape: tuple[int, ...] | None = None
+    ) -> None:
         ov = require("openvino")
+        core = ov.Core()
         config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": "f32"}
-        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.compiled = core.compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
+        self.fixed_shapes = None
+        if batch_shape:
+            b, _, t, h, w = batch_shape
+            self.fixed_shapes = (tuple(batch_shape), (b, 1, t, h, w))  # frames, valid
+            graph = core.read_model(str(path))
+            graph.reshape({"frames": list(self.fixed_shapes[0]), "valid": list(self.fixed_shapes[1])})
+            self.fixed = core.compile_model(graph, "CPU", config)
+            self.fixed_request = self.fixed.create_infer_request()
 
     def anomaly_map(self, batch: Batch) -> torch.Tensor:
         """``(B, T, H, W)`` float32 map of a CPU batch ``(B, C, T, H, W)``."""
-        result = self.request.infer({"frames": batch.frames.float().numpy(), "valid": batch.valid.numpy()})
-        return torch.from_numpy(np.array(result[self.compiled.output(0)]))
+        feeds = {"frames": batch.frames.float().numpy(), "valid": batch.valid.numpy()}
+        if (tuple(batch.frames.shape), tuple(batch.valid.shape)) == self.fixed_shapes:
+            compiled, request = self.fixed, self.fixed_request
+        else:
+            compiled, request = self.compiled, self.request
+        return torch.from_numpy(np.array(request.infer(feeds)[compiled.output(0)]))
 
 
 def weights_digest(path: str | Path) -> str:
@@ -238,7 +259,7 @@ def weights_digest(path: str | Path) -> str:
 
 def open_backend(
     name: str, run_dir: str | Path, *, clip_shape: tuple[int, int, int, int], weights: str | Path,
-    threads: int | None = None,
+    threads: int | None = None, batch: int | None = None,
 ) -> OnnxRuntimeMap | OpenVinoMap | None:
     """The map runner of backend ``name`` for a run (None for ``torch``: the model itself runs).
 
@@ -248,6 +269,7 @@ def open_backend(
         clip_shape: ``(C, T, H, W)`` the detector will feed; must be the exported one.
         weights: the run's weights file; the export must have been made from these weights.
         threads: runtime threads.
+        batch: windows in the detector's full batches (``score.batch_size``): OpenVINO compiles that shape fixed too.
 
     Raises:
         ValueError: unknown backend name.
@@ -279,4 +301,6 @@ def open_backend(
             f"{path}: exported for clips {tuple(info.get('clip_shape', ()))} (C, T, H, W) but the config now gives "
             f"{tuple(clip_shape)}: drop the --set that changes data.size/clip_length/channels, or use --backend torch"
         )
-    return OnnxRuntimeMap(path, threads=threads) if runtime == "onnxruntime" else OpenVinoMap(path, threads=threads)
+    if runtime == "onnxruntime":
+        return OnnxRuntimeMap(path, threads=threads)
+    return OpenVinoMap(path, threads=threads, batch_shape=(batch, *clip_shape) if batch else None)

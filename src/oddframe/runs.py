@@ -111,13 +111,17 @@ def load_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read training state: {torch_load_error(exc)}") from None
 
 
-def open_run_backend(run_dir: str | Path, config: Config, backend: str, *, threads: int | None = None) -> Any:
+def open_run_backend(
+    run_dir: str | Path, config: Config, backend: str, *, threads: int | None = None, batch: int | None = None
+) -> Any:
     """The exported map runner ``backend`` of a run loaded with ``config`` (None for ``torch``), checked against the
-    clip shape the config feeds and the run's weights (:func:`oddframe.backends.open_backend`)."""
+    clip shape the config feeds and the run's weights (:func:`oddframe.backends.open_backend`); ``batch``: windows
+    per full batch (default ``score.batch_size``)."""
     from oddframe.backends import open_backend
 
     shape = (config.data.channels, config.data.clip_length, *config.data.size)
-    return open_backend(backend, run_dir, clip_shape=shape, weights=Path(run_dir) / WEIGHTS, threads=threads)
+    return open_backend(backend, run_dir, clip_shape=shape, weights=Path(run_dir) / WEIGHTS, threads=threads,
+                        batch=batch or config.score.batch_size)
 
 
 def load_run(

@@ -320,7 +320,7 @@ def watch(
     log = log or (lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
     source = str(source)  # a path given as a Path
     model, config = load_run(run_dir, overrides=overrides)
-    runner = open_run_backend(run_dir, config, backend)  # None for torch
+    runner = open_run_backend(run_dir, config, backend, batch=1)  # None for torch; windows go one by one
     if config.score.normalise not in ("none", "calibrated"):
         raise ConfigError(f"score.normalise={config.score.normalise} needs each video whole; a live stream has no "
                           "end: use none or calibrated (--set score.normalise=calibrated)")
