@@ -12,7 +12,9 @@ from oddframe.cli import app
 
 def test_demo_runs_end_to_end_and_finds_the_zeroed_frames(tmp_path):
     out = tmp_path / "demo"
-    r = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "4", "--n-train", "384", "--n-test", "8"])
+    # 6 epochs: at 4, one thread of an AMD EPYC ranked 5 of the 8 zeroed frames in the top 8 (an Intel Xeon 6-7);
+    # at 6, 7 on both thread counts measured there (micro AUROC 0.87).
+    r = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "6", "--n-train", "384", "--n-test", "8"])
     assert r.exit_code == 0, r.output
     report = out / "report"
     # The report's path is printed (Rich may wrap a long path over lines: compare without whitespace).
@@ -21,7 +23,7 @@ def test_demo_runs_end_to_end_and_finds_the_zeroed_frames(tmp_path):
     assert metrics["n_test_frames"] == 32 and metrics["n_anomalous_frames"] == 8
     # Even on this budget the maps light up where the circle vanished, and the zeroed frames rank high.
     assert metrics["pixel_auroc"] > 0.9
-    assert metrics["frame_auroc_micro"] > 0.75  # 0.875 measured; the full demo reaches 0.99
+    assert metrics["frame_auroc_micro"] > 0.75  # 0.87 measured; the full demo reaches 0.99
     for name in ("loss.png", "roc.png", "scores.png", "report.html", "anomaly.mp4", "scores.csv"):
         assert (report / name).is_file(), name
     labelled = json.loads((report / "labelled" / "top.json").read_text())

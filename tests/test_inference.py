@@ -92,9 +92,20 @@ def test_batch_norm_folds_into_the_convolution_before_it(conv):
         torch.testing.assert_close(fold_batch_norm(conv, bn)(x), seq(x), atol=1e-5, rtol=1e-5)
 
 
+#: Models with a discrete step on their features (graph_oneclass's top-k neighbours, also inside fusion): float32
+#: rounding, which differs between two exact computations (and between CPUs), can swap two nearly equal
+#: neighbours and change a map by far more than the rounding (0.37 of 5.6 on an AMD EPYC), so they are compared
+#: in float64, where the rewrite's algebra is checked to 1e-15.
+DISCRETE = {"graph_oneclass", "fusion"}
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_maps_the_same_after_the_rewrite(name):
     model, batch = tiny_model_and_batch(name)
+    if name in DISCRETE:
+        model = model.double()
+        batch.frames = batch.frames.double()
+        batch.extras = {k: v.double() if v.is_floating_point() else v for k, v in batch.extras.items()}
     valid = batch.valid
     _randomise_norms(model)
     if model.fit_before_epoch is not None:

@@ -145,7 +145,9 @@ def test_training_frames_score_held_out_as_by_a_model_fitted_without_their_video
     zero = np.zeros(len(feats["geometry"]), np.int64)  # train0 is group 0
     for parts in model.densities:
         x = model._features(parts, feats)
-        np.testing.assert_allclose(model._raw(parts, x, zero), others._raw(parts, x), rtol=1e-6, atol=1e-9)
+        # float32 kNN distances (|a|^2 + |b|^2 - 2ab over banks of other shapes) agree to a few float32 ulps,
+        # 1.9e-06 relative on an AMD EPYC; a self-match would give 0 instead of about 1.
+        np.testing.assert_allclose(model._raw(parts, x, zero), others._raw(parts, x), rtol=1e-5, atol=1e-9)
     assert (model._raw(("appearance",), feats["appearance"]) < 1e-2).all(), "in-sample: each region finds itself"
 
     batch = batch_of(model, videos[0][1], "train0")
