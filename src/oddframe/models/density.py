@@ -46,6 +46,25 @@ def fit_gmm(x: np.ndarray, *, components: int, seed: int = 0, reg_covar: float =
     return GaussianMixtureParams(gmm.weights_.copy(), means, covariances)
 
 
+def fit_gmm_average(
+    x: np.ndarray, *, components: int, starts: int = 1, seed: int = 0, reg_covar: float = 1e-3
+) -> GaussianMixtureParams:
+    """The mean density of ``starts`` Gaussian mixtures fitted to ``x`` ``(N, D)`` from different EM starts.
+
+    EM finds a local optimum that depends on its start; on a few hundred normal frames (the Avenue dev split) the
+    start alone moved frame AUROC by 0.08 (docs/BENCHMARKS.md). Averaging the densities, a mixture of the
+    ``starts`` mixtures with every weight divided by ``starts``, keeps what the optima share and averages out
+    where they disagree (bagging's variance reduction, here over initialisations). Start ``i`` uses seed
+    ``seed + 1000 * i``; ``starts=1`` is :func:`fit_gmm`.
+    """
+    if starts < 1:
+        raise ValueError(f"starts must be >= 1, got {starts}")
+    fits = [fit_gmm(x, components=components, seed=seed + 1000 * i, reg_covar=reg_covar) for i in range(starts)]
+    return GaussianMixtureParams(np.concatenate([f.weights for f in fits]) / starts,
+                                 np.concatenate([f.means for f in fits]),
+                                 np.concatenate([f.covariances for f in fits]))
+
+
 def gmm_nll(x: np.ndarray, params: GaussianMixtureParams) -> np.ndarray:
     """Negative log-likelihood ``-log p(x)`` of samples ``(N, D)`` under a mixture, ``(N,)`` float64.
 
