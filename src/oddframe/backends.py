@@ -152,8 +152,8 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: Iter
 
     QDQ format (QuantizeLinear/DequantizeLinear pairs, which both runtimes fuse into int8 kernels) on the
     convolutions (transposed convolutions and the output layer stay fp32, see the comments below), per-channel int8
-    weights and uint8 activations calibrated by min-max over ``calibration``. ``reduce_range`` keeps weights to 7 bits: CPUs without
-    VNNI multiply uint8 x int8 with 16-bit intermediate sums that 8-bit weights can saturate.
+    weights and uint8 activations calibrated by min-max over ``calibration``. ``reduce_range`` keeps weights to 7
+    bits: CPUs without VNNI multiply uint8 x int8 with 16-bit intermediate sums that 8-bit weights can saturate.
     """
     require("onnxruntime")
     import onnx
@@ -227,15 +227,16 @@ class OpenVinoMap:
         core = ov.Core()
         config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": "f32"}
-        self.compiled = core.compile_model(str(path), "CPU", config)
+        graph = core.read_model(str(path))
+        self.compiled = core.compile_model(graph, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.fixed_shapes = None
         if batch_shape:
             b, _, t, h, w = batch_shape
             self.fixed_shapes = (tuple(batch_shape), (b, 1, t, h, w))  # frames, valid
-            graph = core.read_model(str(path))
-            graph.reshape({"frames": list(self.fixed_shapes[0]), "valid": list(self.fixed_shapes[1])})
-            self.fixed = core.compile_model(graph, "CPU", config)
+            fixed = graph.clone()
+            fixed.reshape({"frames": list(self.fixed_shapes[0]), "valid": list(self.fixed_shapes[1])})
+            self.fixed = core.compile_model(fixed, "CPU", config)
             self.fixed_request = self.fixed.create_infer_request()
 
     def anomaly_map(self, batch: Batch) -> torch.Tensor:
